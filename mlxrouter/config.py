@@ -1,0 +1,180 @@
+"""The YAML config, parsed once into frozen structs.
+
+`load_config(path)` reads a file with `yaml.safe_load` and validates it with msgspec (unknown
+keys and wrong types are errors naming the key and the file). Reloading means calling it again
+and swapping the result in; nothing here is cached at import time.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import yaml
+
+from .errors import ConfigError
+from .paths import default_paths, hf_hub_cache
+
+Seconds = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base for config sections: immutable, and a typo in a key is an error, not a silent no-op."""
+
+
+class PoolConfig(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    max_models: Annotated[int, msgspec.Meta(ge=1)] = 2
+    #: bytes ("8GB", "512MiB", 123456) or a share of physical memory ("60%"); null = no byte limit
+    max_memory: str | int | None = None
+    #: unload an entry idle this long (seconds or "10m"); null = never
+    idle_ttl: str | float | None = None
+    #: how long a request waits for room in a full pool before 503
+    queue_timeout: Seconds = 30.0
+    #: requests that may wait for room at once; more are refused at once with 503
+    max_queue: Annotated[int, msgspec.Meta(ge=0)] = 64
+
+
+class ModelEntryConfig(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    #: a model or adapter folder served under this entry's id
+    path: str | None = None
+    #: alias: another registry id served under this entry's id
+    model: str | None = None
+    #: adapters: the base model's registry id (overrides adapter_config.json)
+    base: str | None = None
+    pinned: bool = False
+    preload: bool = False
+    ttl: str | float | None = None
+    trust_remote_code: bool = False
+
+
+class Config(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8080
+    #: true (HF_HUB_CACHE or the default cache), false, or a hub cache folder
+    hf_cache: bool | str = True
+    model_dirs: list[str] = msgspec.field(default_factory=list)
+    models: dict[str, ModelEntryConfig] = msgspec.field(default_factory=dict)
+    default_model: str | None = None
+    pool: PoolConfig = msgspec.field(default_factory=PoolConfig)
+    api_key: str | None = None
+    log_level: str = "info"
+    #: the largest completion a request gets when it names no max_tokens
+    default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 2048
+
+    def hf_cache_dir(self) -> Path | None:
+        if self.hf_cache is False:
+            return None
+        if self.hf_cache is True:
+            return hf_hub_cache()
+        return Path(self.hf_cache).expanduser()
+
+    def model_dir_paths(self) -> list[Path]:
+        """Configured folders, then the data folder where the demo and imported GGUFs live."""
+        dirs = [Path(d).expanduser() for d in self.model_dirs]
+        models_dir = default_paths().models_dir
+        return dirs if models_dir in dirs else [*dirs, models_dir]
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_bytes(value: str | int, *, total_memory: int | None = None) -> int:
+    """'8GB' -> 8e9, '8GiB' -> 8*2**30, '60%' -> 60% of total_memory, 123 -> 123."""
+    if isinstance(value, int):
+        return value
+    text = value.strip()
+    if text.endswith("%"):
+        if total_memory is None:
+            raise ValueError("a percentage needs the machine's memory size")
+        return int(total_memory * float(text[:-1]) / 100)
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"not a size: {value!r} (use e.g. '8GB', '512MiB' or '60%')")
+    number, unit = float(match.group(1)), (match.group(2) or "").lower()
+    binary = "i" in unit
+    prefix = unit[:1] if unit[:1] in "kmgt" else ""
+    scale = 1024 ** "kmgt".index(prefix) * 1024 if binary and prefix else _UNITS[prefix]
+    return int(number * scale)
+
+
+def parse_duration(value: str | float | None) -> float | None:
+    """'10m' -> 600.0, 30 -> 30.0, None -> None; negative numbers mean 'forever' (None)."""
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return None if value < 0 else float(value)
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(f"not a duration: {value!r} (use seconds or e.g. '30s', '10m', '2h')")
+    return float(match.group(1)) * _SECONDS[match.group(2) or "s"]
+
+
+def _check_values(config: Config) -> None:
+    """Checks msgspec's types cannot express; messages name the key."""
+    checks: list[tuple[str, Any, Any]] = [
+        ("pool.max_memory", config.pool.max_memory, lambda v: parse_bytes(v, total_memory=1)),
+        ("pool.idle_ttl", config.pool.idle_ttl, parse_duration),
+    ]
+    for model_id, entry in config.models.items():
+        checks.append((f"models.{model_id}.ttl", entry.ttl, parse_duration))
+        if (entry.path is None) == (entry.model is None):
+            raise ValueError(f"`models.{model_id}` needs exactly one of `path` or `model`")
+    for key, value, parse in checks:
+        if value is not None:
+            try:
+                parse(value)
+            except ValueError as exc:
+                raise ValueError(f"`{key}`: {exc}") from None
+    if config.log_level.lower() not in {"debug", "info", "warning", "error", "critical"}:
+        raise ValueError("`log_level` must be one of debug, info, warning, error, critical")
+
+
+def parse_config(text: str, *, source: str = "<config>") -> Config:
+    """Parse YAML text into a Config; errors name the file and the key (and line for YAML)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{source}{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys")
+    try:
+        config = msgspec.convert(data, type=Config, strict=True)
+        _check_values(config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc)}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return config
+
+
+def _describe(exc: msgspec.ValidationError) -> str:
+    """msgspec says '... - at `$.pool.max_models`'; turn the JSON path into the YAML key."""
+    message = str(exc)
+    match = re.search(r" - at `\$(.*)`$", message)
+    if not match:
+        return message
+    key = match.group(1).lstrip(".").replace("[...]", ".<entry>").replace("[", ".")
+    key = key.replace("]", "").replace("'", "")
+    head = message[: match.start()]
+    return f"`{key}`: {head}" if key else head
+
+
+def load_config(path: Path | None) -> Config:
+    """Read and validate `path`; None means no file (all defaults)."""
+    if path is None:
+        return Config()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    return parse_config(text, source=str(path))
