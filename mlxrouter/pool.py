@@ -1,0 +1,268 @@
+"""The model pool: which models and adapters are loaded, who is using them, and what to evict.
+
+All pool state lives on the event loop and is changed only between awaits, so it needs no
+lock. Loads and unloads go to the engine thread through the small `Loader` protocol (tests
+record them with a fake). A request holds a lease for its whole life, streaming included; an
+entry with leases is never evicted. Concurrent requests for one unloaded entry share a single
+load. When no entry can be evicted, requests wait (bounded count and time), then fail with
+`PoolBusyError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .engine import LoadSpec, ModelInfo
+from .errors import ModelTooLargeError, PoolBusyError
+from .eviction import Resident, choose_victims, over_limits
+
+log = logging.getLogger(__name__)
+
+
+class Loader(Protocol):
+    """The effects the pool asks for. The engine implements it."""
+
+    async def load(self, spec: LoadSpec) -> ModelInfo: ...
+    async def unload(self, key: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLimits:
+    max_models: int = 2
+    max_bytes: int | None = None
+    idle_ttl: float | None = None
+    queue_timeout: float = 30.0
+    max_queue: int = 64
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRequest:
+    """What a request needs loaded; `estimated_bytes` comes from the weight files."""
+
+    spec: LoadSpec
+    estimated_bytes: int
+    pinned: bool = False
+    ttl: float | None = None
+
+
+@dataclass(slots=True)
+class PoolEntry:
+    key: str
+    spec: LoadSpec
+    info: ModelInfo | None = None  # None while loading
+    nbytes: int = 0
+    in_flight: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    pinned: bool = False
+    ttl: float | None = None
+    load_task: asyncio.Future[ModelInfo] | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self.info is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """What a request gets: the engine key to generate with, and whether it waited on a load."""
+
+    key: str
+    info: ModelInfo
+    loaded_now: bool
+
+
+class Pool:
+    def __init__(self, loader: Loader, limits: PoolLimits) -> None:
+        self._loader = loader
+        self.limits = limits
+        self._entries: dict[str, PoolEntry] = {}
+        self._room = asyncio.Condition()
+        self._waiting = 0
+        self.loads = 0
+        self.evictions = 0
+
+    # ---- reading -----------------------------------------------------------------------------
+
+    def entries(self) -> list[PoolEntry]:
+        return list(self._entries.values())
+
+    def is_loaded(self, key: str) -> bool:
+        entry = self._entries.get(key)
+        return entry is not None and entry.loaded
+
+    @property
+    def queue_depth(self) -> int:
+        return self._waiting
+
+    # ---- leasing -----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lease(self, request: LeaseRequest) -> AsyncIterator[Lease]:
+        """Hold the entry loaded for the duration of the `async with` block."""
+        entry, info, loaded_now = await self._acquire(request)
+        try:
+            yield Lease(entry.key, info, loaded_now)
+        finally:
+            entry.in_flight -= 1
+            entry.last_used = time.monotonic()
+            await self._notify()
+
+    async def _acquire(self, request: LeaseRequest) -> tuple[PoolEntry, ModelInfo, bool]:
+        key = request.spec.key
+        deadline = time.monotonic() + self.limits.queue_timeout
+        while True:
+            entry = self._entries.get(key)
+            if entry is not None and entry.info is not None:
+                entry.in_flight += 1
+                entry.last_used = time.monotonic()
+                return entry, entry.info, False
+            if entry is not None and entry.load_task is not None:
+                # Someone else is loading it: wait for that one load, then take a lease.
+                await asyncio.shield(entry.load_task)
+                continue
+            victims = self._victims(request.estimated_bytes)
+            if victims is not None:
+                entry = await self._load(request, victims)
+                return entry, entry.info or _never(), True
+            await self._wait_for_room(deadline)
+
+    def _victims(self, incoming_bytes: int) -> list[str] | None:
+        limits = self.limits
+        if limits.max_bytes is not None and incoming_bytes > limits.max_bytes:
+            raise ModelTooLargeError(
+                f"The model needs about {incoming_bytes / 1e9:.2f} GB, more than the pool's "
+                f"whole memory budget of {limits.max_bytes / 1e9:.2f} GB"
+            )
+        return choose_victims(
+            self._residents(),
+            incoming_bytes=incoming_bytes,
+            max_models=limits.max_models,
+            max_bytes=limits.max_bytes,
+        )
+
+    def _residents(self) -> list[Resident]:
+        return [
+            Resident(
+                key=e.key,
+                nbytes=e.nbytes,
+                last_used=e.last_used,
+                in_use=e.in_flight > 0 or not e.loaded,
+                pinned=e.pinned,
+            )
+            for e in self._entries.values()
+        ]
+
+    async def _wait_for_room(self, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or self._waiting >= self.limits.max_queue:
+            raise PoolBusyError(
+                "Every loaded model is busy and the pool is full; retry shortly",
+                retry_after=max(1, int(self.limits.queue_timeout // 10) or 1),
+            )
+        self._waiting += 1
+        try:
+            async with self._room:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), remaining)
+        finally:
+            self._waiting -= 1
+
+    async def _load(self, request: LeaseRequest, victims: list[str]) -> PoolEntry:
+        key = request.spec.key
+        loop = asyncio.get_running_loop()
+        load_task: asyncio.Future[ModelInfo] = loop.create_future()
+        entry = PoolEntry(
+            key=key,
+            spec=request.spec,
+            nbytes=request.estimated_bytes,
+            pinned=request.pinned,
+            ttl=request.ttl,
+            load_task=load_task,
+        )
+        # The entry is registered before any await, so concurrent requests find it and wait.
+        self._entries[key] = entry
+        for victim in victims:
+            self._entries.pop(victim, None)
+        try:
+            for victim in victims:
+                self.evictions += 1
+                log.info("evicting %s to make room for %s", victim, key)
+                await self._loader.unload(victim)
+            info = await self._loader.load(request.spec)
+        except BaseException as exc:
+            self._entries.pop(key, None)
+            load_task.set_exception(exc)
+            load_task.exception()  # waiters re-raise it; mark it retrieved here
+            await self._notify()
+            raise
+        self.loads += 1
+        entry.info = info
+        # Measured bytes replace the estimate when MLX reports them.
+        entry.nbytes = info.nbytes or entry.nbytes
+        entry.in_flight += 1
+        load_task.set_result(info)
+        entry.load_task = None
+        return entry
+
+    # ---- control -----------------------------------------------------------------------------
+
+    async def preload(self, request: LeaseRequest) -> ModelInfo:
+        """Load without keeping a lease (admin load, `preload:` entries)."""
+        async with self.lease(request) as lease:
+            return lease.info
+
+    async def unload(self, key: str) -> bool:
+        """Unload an idle entry now. False if it is not loaded; PoolBusyError if in use."""
+        entry = self._entries.get(key)
+        if entry is None or not entry.loaded:
+            return False
+        if entry.in_flight:
+            raise PoolBusyError(f"`{key}` is serving {entry.in_flight} request(s)")
+        self._entries.pop(key)
+        await self._loader.unload(key)
+        await self._notify()
+        return True
+
+    async def apply_limits(self, limits: PoolLimits) -> None:
+        """New limits from a config edit: evict idle entries now over them."""
+        self.limits = limits
+        for key in over_limits(
+            self._residents(), max_models=limits.max_models, max_bytes=limits.max_bytes
+        ):
+            await self.unload(key)
+
+    async def expire_idle(self, now: float | None = None) -> list[str]:
+        """Unload idle entries past their ttl (entry ttl, else the pool's idle_ttl)."""
+        now = time.monotonic() if now is None else now
+        expired = []
+        for entry in list(self._entries.values()):
+            ttl = entry.ttl if entry.ttl is not None else self.limits.idle_ttl
+            if (
+                entry.loaded
+                and not entry.pinned
+                and entry.in_flight == 0
+                and ttl is not None
+                and now - entry.last_used >= ttl
+            ):
+                expired.append(entry.key)
+                await self.unload(entry.key)
+        return expired
+
+    async def close(self) -> None:
+        for key in [k for k, e in self._entries.items() if e.loaded]:
+            self._entries.pop(key, None)
+            await self._loader.unload(key)
+
+    async def _notify(self) -> None:
+        async with self._room:
+            self._room.notify_all()
+
+
+def _never() -> ModelInfo:
+    raise AssertionError("a freshly loaded entry always has its info")
