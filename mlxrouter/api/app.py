@@ -1,0 +1,68 @@
+"""The Litestar app factory. Everything the app needs comes in through `create_app`; nothing
+is read from globals, so tests build apps with their own config and daemon."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from typing import Any
+
+from litestar import Litestar
+from litestar.connection import ASGIConnection
+from litestar.datastructures import State
+from litestar.exceptions import NotAuthorizedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi import OpenAPIConfig
+
+from .. import __version__
+from ..config import Config
+from ..daemon import Daemon
+from .errors import EXCEPTION_HANDLERS
+from .routes import ROUTES
+
+log = logging.getLogger(__name__)
+
+_OPEN_PATHS = {"/health"}
+
+
+def _api_key_guard(api_key: str | None) -> Any:
+    expected = api_key.encode() if api_key else None
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], __: BaseRouteHandler) -> None:
+        if expected is None or connection.url.path in _OPEN_PATHS:
+            return
+        header = connection.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        # Constant-time compare: the key must not leak through response timing.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+            raise NotAuthorizedException(
+                "Invalid or missing API key (send `Authorization: Bearer <key>`)"
+            )
+
+    return guard
+
+
+def create_app(config: Config, *, daemon: Daemon | None = None) -> Litestar:
+    """Build the app. With no `daemon`, one is made from `config` (scanning the registry)."""
+    owned = daemon is None
+    the_daemon = daemon if daemon is not None else Daemon(config)
+
+    async def on_startup() -> None:
+        await the_daemon.start()
+
+    async def on_shutdown() -> None:
+        if owned:
+            await the_daemon.stop()
+
+    return Litestar(
+        route_handlers=ROUTES,
+        state=State({"daemon": the_daemon}),
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        guards=[_api_key_guard(config.api_key or os.environ.get("MLXROUTER_API_KEY"))],
+        on_startup=[on_startup],
+        on_shutdown=[on_shutdown],
+        openapi_config=OpenAPIConfig(title="mlxrouter", version=__version__, path="/schema"),
+        request_max_body_size=8 * 1024 * 1024,
+        debug=False,
+    )

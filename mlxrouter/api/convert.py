@@ -1,0 +1,231 @@
+"""Request -> engine parameters, and engine events -> OpenAI response bodies and SSE chunks.
+
+Pure functions over plain data; the routes call them at the boundary."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from ..engine import Chunk, Finished, GenerationRequest, SamplingParams, TokenLogprob
+from ..errors import InvalidRequestError
+from .schemas import ChatCompletionRequest, CompletionRequest
+
+SYSTEM_FINGERPRINT = "mlxrouter"
+
+
+def _sampling(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams:
+    bias: dict[int, float] | None = None
+    if body.logit_bias:
+        try:
+            bias = {int(k): float(v) for k, v in body.logit_bias.items()}
+        except ValueError:
+            raise InvalidRequestError(
+                "logit_bias keys must be token ids", param="logit_bias"
+            ) from None
+    return SamplingParams(
+        temperature=1.0 if body.temperature is None else body.temperature,
+        top_p=1.0 if body.top_p is None else body.top_p,
+        top_k=body.top_k or 0,
+        min_p=body.min_p or 0.0,
+        repetition_penalty=body.repetition_penalty,
+        repetition_context_size=body.repetition_context_size or 20,
+        presence_penalty=body.presence_penalty or None,
+        frequency_penalty=body.frequency_penalty or None,
+        logit_bias=bias,
+        seed=body.seed,
+    )
+
+
+def _stop(stop: str | list[str] | None) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    items = [stop] if isinstance(stop, str) else stop
+    return tuple(s for s in items if s)
+
+
+def _message_text(content: Any) -> str | None:
+    if content is None or isinstance(content, str):
+        return content
+    texts = []
+    for part in content:
+        if part.type != "text":
+            raise InvalidRequestError(
+                f"Content parts of type `{part.type}` are not supported by this model",
+                param="messages",
+            )
+        texts.append(part.text or "")
+    return "".join(texts)
+
+
+def chat_request(body: ChatCompletionRequest, *, default_max_tokens: int) -> GenerationRequest:
+    if body.response_format and body.response_format.get("type") not in (None, "text"):
+        raise InvalidRequestError(
+            "`response_format` other than text is not supported yet", param="response_format"
+        )
+    if body.tools:
+        raise InvalidRequestError("Tool calling is not supported yet", param="tools")
+    messages: list[dict[str, Any]] = []
+    for message in body.messages:
+        item: dict[str, Any] = {"role": message.role, "content": _message_text(message.content)}
+        if message.name:
+            item["name"] = message.name
+        messages.append(item)
+    top: int | None = None
+    if body.logprobs is True:
+        top = body.top_logprobs or 0
+    elif isinstance(body.logprobs, int) and not isinstance(body.logprobs, bool):
+        top = body.logprobs
+    elif body.top_logprobs:
+        raise InvalidRequestError("`top_logprobs` needs `logprobs: true`", param="top_logprobs")
+    return GenerationRequest(
+        messages=messages,
+        role_mapping=body.role_mapping,
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        default_max_tokens=default_max_tokens,
+        stop=_stop(body.stop),
+        sampling=_sampling(body),
+        logprobs=top,
+    )
+
+
+def completion_request(body: CompletionRequest, *, default_max_tokens: int) -> GenerationRequest:
+    if body.echo or body.suffix:
+        raise InvalidRequestError(
+            "`echo` and `suffix` are not supported", param="echo" if body.echo else "suffix"
+        )
+    return GenerationRequest(
+        prompt=body.prompt,
+        max_tokens=body.max_tokens,
+        default_max_tokens=default_max_tokens,
+        stop=_stop(body.stop),
+        sampling=_sampling(body),
+        logprobs=body.logprobs,
+    )
+
+
+# ---- responses --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ResponseMeta:
+    """What every response and chunk of one request share."""
+
+    kind: str  # "chat" or "text"
+    model: str
+    id: str = ""
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        prefix = "chatcmpl" if self.kind == "chat" else "cmpl"
+        self.id = self.id or f"{prefix}-{uuid.uuid4().hex}"
+
+    def envelope(self, *, chunk: bool) -> dict[str, Any]:
+        if self.kind == "chat":
+            obj = "chat.completion.chunk" if chunk else "chat.completion"
+        else:
+            obj = "text_completion"
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+        }
+
+
+def usage(finished: Finished) -> dict[str, Any]:
+    return {
+        "prompt_tokens": finished.prompt_tokens,
+        "completion_tokens": finished.completion_tokens,
+        "total_tokens": finished.prompt_tokens + finished.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
+
+
+def _bytes(text: str) -> list[int]:
+    return list(text.encode("utf-8"))
+
+
+def chat_logprobs(items: Sequence[TokenLogprob]) -> dict[str, Any]:
+    return {
+        "content": [
+            {
+                "token": item.token,
+                "logprob": item.logprob,
+                "bytes": _bytes(item.token),
+                "top_logprobs": [
+                    {"token": tok, "logprob": lp, "bytes": _bytes(tok)} for tok, lp in item.top
+                ],
+            }
+            for item in items
+        ]
+    }
+
+
+def text_logprobs(items: Sequence[TokenLogprob], offset: int = 0) -> dict[str, Any]:
+    offsets = []
+    for item in items:
+        offsets.append(offset)
+        offset += len(item.token)
+    return {
+        "tokens": [item.token for item in items],
+        "token_logprobs": [item.logprob for item in items],
+        "top_logprobs": [dict(item.top) for item in items],
+        "text_offset": offsets,
+    }
+
+
+def full_response(
+    meta: ResponseMeta, chunks: Sequence[Chunk], finished: Finished, *, logprobs: bool
+) -> dict[str, Any]:
+    text = "".join(c.text for c in chunks)
+    items = [lp for c in chunks for lp in c.logprobs]
+    choice: dict[str, Any] = {"index": 0, "finish_reason": finished.finish_reason}
+    if meta.kind == "chat":
+        choice["message"] = {"role": "assistant", "content": text}
+        choice["logprobs"] = chat_logprobs(items) if logprobs else None
+    else:
+        choice["text"] = text
+        choice["logprobs"] = text_logprobs(items) if logprobs else None
+    return {**meta.envelope(chunk=False), "choices": [choice], "usage": usage(finished)}
+
+
+def sse(data: dict[str, Any]) -> bytes:
+    return b"data: " + msgspec.json.encode(data) + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def chunk_event(
+    meta: ResponseMeta,
+    *,
+    text: str | None,
+    logprobs: Sequence[TokenLogprob] | None,
+    finish_reason: str | None,
+    first: bool = False,
+    offset: int = 0,
+) -> bytes:
+    choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason}
+    if meta.kind == "chat":
+        delta: dict[str, Any] = {}
+        if first:
+            delta["role"] = "assistant"
+        if text is not None:
+            delta["content"] = text
+        choice["delta"] = delta
+        choice["logprobs"] = chat_logprobs(logprobs) if logprobs is not None else None
+    else:
+        choice["text"] = text or ""
+        choice["logprobs"] = text_logprobs(logprobs, offset) if logprobs is not None else None
+    return sse({**meta.envelope(chunk=True), "choices": [choice]})
+
+
+def usage_event(meta: ResponseMeta, finished: Finished) -> bytes:
+    return sse({**meta.envelope(chunk=True), "choices": [], "usage": usage(finished)})

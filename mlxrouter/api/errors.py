@@ -1,0 +1,127 @@
+"""The one error envelope: every error, ours or the framework's, becomes
+`{"error": {"message", "type", "param", "code"}}` with the right status. No tracebacks, no paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from ..errors import (
+    ConfigError,
+    ContextLengthExceededError,
+    EngineError,
+    InvalidRequestError,
+    MlxRouterError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelTooLargeError,
+    PoolBusyError,
+    ShuttingDownError,
+)
+from .schemas import ErrorBody, ErrorResponse
+
+log = logging.getLogger(__name__)
+
+_STATUS: list[tuple[type[MlxRouterError], int]] = [
+    (ModelNotFoundError, 404),
+    (ContextLengthExceededError, 400),
+    (InvalidRequestError, 400),
+    (PoolBusyError, 503),
+    (ShuttingDownError, 503),
+    (ModelTooLargeError, 507),
+    (ModelLoadError, 500),
+    (EngineError, 500),
+    (ConfigError, 500),
+]
+
+_HTTP_TYPES = {
+    400: ("invalid_request_error", None),
+    401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", "forbidden"),
+    404: ("invalid_request_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    413: ("invalid_request_error", "request_too_large"),
+    415: ("invalid_request_error", "unsupported_media_type"),
+    429: ("rate_limit_error", "rate_limited"),
+}
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    type_: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[ErrorResponse]:
+    body = ErrorResponse(error=ErrorBody(message=message, type=type_, param=param, code=code))
+    return Response(body, status_code=status, headers=headers)
+
+
+def status_of(exc: MlxRouterError) -> int:
+    return next((status for cls, status in _STATUS if isinstance(exc, cls)), 500)
+
+
+def handle_domain_error(_: Request[Any, Any, Any], exc: MlxRouterError) -> Response[ErrorResponse]:
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, PoolBusyError) else None
+    if isinstance(exc, ShuttingDownError):
+        headers = {"Retry-After": "5", "Connection": "close"}
+    return error_response(
+        status_of(exc), exc.message, type_=exc.type, param=exc.param, code=exc.code, headers=headers
+    )
+
+
+# msgspec says e.g. "Expected `float` <= 2.0 - at `$.temperature`"
+_AT = re.compile(r" - at `\$\.?([^`]*)`")
+
+
+def handle_validation_error(
+    _: Request[Any, Any, Any], exc: ValidationException
+) -> Response[ErrorResponse]:
+    message, param = "The request body is not valid", None
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    for item in extra:
+        if isinstance(item, dict) and item.get("message"):
+            text = str(item["message"])
+            param = str(item.get("key") or "") or None
+            match = _AT.search(text)
+            if match:
+                param = param or match.group(1) or None
+                text = text[: match.start()]
+            message = f"Invalid `{param}`: {text}" if param else text
+            break
+    else:
+        detail = str(exc.detail or "")
+        if "JSON" in detail or "decode" in detail.lower():
+            message = "The request body is not valid JSON"
+    return error_response(
+        400, message, type_="invalid_request_error", param=param, code="invalid_value"
+    )
+
+
+def handle_http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorResponse]:
+    status = exc.status_code
+    type_, code = _HTTP_TYPES.get(status, ("server_error", None))
+    message = exc.detail if status < 500 else "Internal server error"
+    return error_response(status, message, type_=type_, code=code, headers=exc.headers)
+
+
+def handle_unexpected_error(
+    request: Request[Any, Any, Any], exc: Exception
+) -> Response[ErrorResponse]:
+    log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "Internal server error", type_="server_error", code="internal_error")
+
+
+EXCEPTION_HANDLERS = {
+    MlxRouterError: handle_domain_error,
+    ValidationException: handle_validation_error,
+    HTTPException: handle_http_error,
+    Exception: handle_unexpected_error,
+}

@@ -1,0 +1,242 @@
+"""Route handlers: OpenAI chat and text completions, models, health.
+
+Handlers resolve the model, lease it from the pool for the request's whole life (streams
+included), hand the request to the engine and translate its events. A client that goes away
+cancels its generation at the next token step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+from litestar import Request, Response, get, post
+from litestar.datastructures import State
+from litestar.params import FromPath, JSONBody
+from litestar.response import Stream
+
+from ..daemon import Daemon, Target
+from ..engine import Chunk, Finished, GenerationRequest, GenerationStream
+from ..errors import EngineError
+from ..registry import RegistryEntry
+from . import convert
+from .schemas import ChatCompletionRequest, CompletionRequest
+
+log = logging.getLogger("mlxrouter.access")
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _daemon(state: State) -> Daemon:
+    daemon: Daemon = state.daemon
+    return daemon
+
+
+@post(["/v1/chat/completions", "/chat/completions"], status_code=200)
+async def chat_completions(
+    request: Request[Any, Any, Any], state: State, data: JSONBody[ChatCompletionRequest]
+) -> Response[Any] | Stream:
+    daemon = _daemon(state)
+    generation = convert.chat_request(data, default_max_tokens=daemon.config.default_max_tokens)
+    return await _complete(request, daemon, data, generation, "chat", logprobs=bool(data.logprobs))
+
+
+@post(["/v1/completions", "/completions"], status_code=200)
+async def completions(
+    request: Request[Any, Any, Any], state: State, data: JSONBody[CompletionRequest]
+) -> Response[Any] | Stream:
+    daemon = _daemon(state)
+    generation = convert.completion_request(
+        data, default_max_tokens=daemon.config.default_max_tokens
+    )
+    return await _complete(
+        request, daemon, data, generation, "text", logprobs=data.logprobs is not None
+    )
+
+
+async def _complete(
+    request: Request[Any, Any, Any],
+    daemon: Daemon,
+    body: ChatCompletionRequest | CompletionRequest,
+    generation: GenerationRequest,
+    kind: str,
+    *,
+    logprobs: bool,
+) -> Response[Any] | Stream:
+    started = time.perf_counter()
+    target = daemon.target(body.model, body.adapters)
+    meta = convert.ResponseMeta(kind=kind, model=target.requested)
+    stack = AsyncExitStack()
+    try:
+        lease = await stack.enter_async_context(daemon.lease(target))
+        stream = await daemon.generate(lease, generation)
+        stack.callback(stream.cancel)
+        await stream.next_event()  # Started: the prompt was accepted
+    except BaseException:
+        await stack.aclose()
+        raise
+    access = _AccessLog(target, kind, started, lease.loaded_now)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        events = _sse_events(stack, stream, meta, access, logprobs=logprobs, usage=include_usage)
+        return Stream(events, media_type="text/event-stream", headers=SSE_HEADERS)
+    async with stack:
+        chunks, finished = await _collect(request, stream)
+    access.done(200, finished)
+    return Response(convert.full_response(meta, chunks, finished, logprobs=logprobs))
+
+
+async def _collect(
+    request: Request[Any, Any, Any], stream: GenerationStream
+) -> tuple[list[Chunk], Finished]:
+    """Gather a whole answer; if the client disconnects meanwhile, stop generating."""
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, stream))
+    try:
+        chunks: list[Chunk] = []
+        async for event in stream:
+            if isinstance(event, Chunk):
+                chunks.append(event)
+            elif isinstance(event, Finished):
+                return chunks, event
+        raise EngineError("The generation ended without finishing")
+    finally:
+        watcher.cancel()
+
+
+async def _cancel_on_disconnect(request: Request[Any, Any, Any], stream: GenerationStream) -> None:
+    with contextlib.suppress(Exception):
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                stream.cancel()
+                return
+
+
+async def _sse_events(
+    stack: AsyncExitStack,
+    stream: GenerationStream,
+    meta: convert.ResponseMeta,
+    access: _AccessLog,
+    *,
+    logprobs: bool,
+    usage: bool,
+) -> AsyncIterator[bytes]:
+    """SSE chunks; the lease is held until the last byte is sent or the client leaves."""
+    status = 499  # unless the stream completes, the client went away
+    async with stack:
+        try:
+            yield convert.chunk_event(meta, text="", logprobs=None, finish_reason=None, first=True)
+            offset = 0
+            async for event in stream:
+                if isinstance(event, Chunk):
+                    yield convert.chunk_event(
+                        meta,
+                        text=event.text,
+                        logprobs=event.logprobs if logprobs else None,
+                        finish_reason=None,
+                        offset=offset,
+                    )
+                    offset += len(event.text)
+                elif isinstance(event, Finished):
+                    yield convert.chunk_event(
+                        meta, text=None, logprobs=None, finish_reason=event.finish_reason
+                    )
+                    if usage:
+                        yield convert.usage_event(meta, event)
+                    yield convert.SSE_DONE
+                    status = 200
+                    access.done(status, event)
+        except EngineError as exc:
+            # Headers are gone already: report the error in-band, as OpenAI does.
+            status = 500
+            yield convert.sse(
+                {
+                    "error": {
+                        "message": exc.message,
+                        "type": exc.type,
+                        "param": None,
+                        "code": exc.code,
+                    }
+                }
+            )
+        finally:
+            if status != 200:
+                access.done(status, None)
+
+
+class _AccessLog:
+    """One line per request: model, status, tokens, latency, and whether it waited on a load."""
+
+    def __init__(self, target: Target, kind: str, started: float, loaded_now: bool) -> None:
+        self.target = target
+        self.kind = kind
+        self.started = started
+        self.loaded_now = loaded_now
+
+    def done(self, status: int, finished: Finished | None) -> None:
+        tokens = f"{finished.prompt_tokens}+{finished.completion_tokens}" if finished else "-"
+        log.info(
+            "%s model=%s status=%d tokens=%s latency=%.3fs load=%s",
+            self.kind,
+            self.target.requested,
+            status,
+            tokens,
+            time.perf_counter() - self.started,
+            "yes" if self.loaded_now else "no",
+        )
+
+
+# ---- models and health --------------------------------------------------------------------
+
+
+def _model_card(daemon: Daemon, model_id: str, entry: RegistryEntry) -> dict[str, Any]:
+    found = entry.found
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": found.created,
+        "owned_by": found.owned_by,
+        # --- mlxrouter extensions ---
+        "kind": entry.kind,
+        "base": entry.base,
+        "loaded": daemon.pool.is_loaded(entry.id),
+        "context_length": found.context_length,
+        "size_bytes": found.size_bytes,
+    }
+
+
+@get(["/v1/models", "/models"])
+async def list_models(state: State) -> dict[str, Any]:
+    daemon = _daemon(state)
+    registry = daemon.registry  # one snapshot for the whole answer
+    cards = [_model_card(daemon, e.id, e) for e in registry]
+    cards += [_model_card(daemon, alias, registry.resolve(alias)) for alias in registry.aliases]
+    return {"object": "list", "data": sorted(cards, key=lambda c: c["id"])}
+
+
+@get(["/v1/models/{model_id:path}", "/models/{model_id:path}"])
+async def get_model(state: State, model_id: FromPath[str]) -> dict[str, Any]:
+    daemon = _daemon(state)
+    name = model_id.lstrip("/")
+    return _model_card(daemon, name, daemon.registry.resolve(name))
+
+
+@get("/health")
+async def health(state: State) -> Response[dict[str, Any]]:
+    daemon = _daemon(state)
+    ok, reasons = daemon.health()
+    body = {
+        "status": "ok" if ok else "degraded",
+        "reasons": reasons,
+        "models": len(daemon.registry),
+        "loaded": [e.key for e in daemon.pool.entries() if e.loaded],
+    }
+    return Response(body, status_code=200 if ok else 503)
+
+
+ROUTES = [chat_completions, completions, list_models, get_model, health]

@@ -1,0 +1,110 @@
+"""OpenAI request and response shapes as msgspec Structs.
+
+Request fields follow OpenAI's order; mlxrouter's own extensions come last and are marked.
+Unknown fields are tolerated (clients send many) and logged at debug level by the routes.
+Ranges are declared here, so out-of-range values fail validation with the field's name.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
+Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
+Penalty = Annotated[float, msgspec.Meta(ge=-2, le=2)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+StopList = Annotated[
+    list[Annotated[str, msgspec.Meta(max_length=256)]], msgspec.Meta(max_length=16)
+]
+Stop = Annotated[str, msgspec.Meta(max_length=256)] | StopList
+LogitBias = Annotated[
+    dict[str, Annotated[float, msgspec.Meta(ge=-100, le=100)]], msgspec.Meta(max_length=1024)
+]
+
+
+class StreamOptions(msgspec.Struct, kw_only=True):
+    include_usage: bool = False
+
+
+class ContentPart(msgspec.Struct, kw_only=True):
+    type: str
+    text: str | None = None
+
+
+class ToolCallFunction(msgspec.Struct, kw_only=True):
+    name: str
+    arguments: str = "{}"
+
+
+class ToolCall(msgspec.Struct, kw_only=True):
+    id: str | None = None
+    type: str = "function"
+    function: ToolCallFunction
+
+
+class ChatMessage(msgspec.Struct, kw_only=True):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class _SamplingFields(msgspec.Struct, kw_only=True):
+    """Fields shared by chat and text completions, OpenAI's first, then the extensions."""
+
+    model: str | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: LogitBias | None = None
+    max_tokens: PositiveInt | None = None
+    n: Annotated[int, msgspec.Meta(ge=1, le=1)] = 1
+    presence_penalty: Penalty | None = None
+    seed: int | None = None
+    stop: Stop | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: Temperature | None = None
+    top_p: Probability | None = None
+    user: str | None = None
+    # --- mlxrouter / mlx_lm.server extensions ---
+    top_k: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    min_p: Probability | None = None
+    repetition_penalty: Annotated[float, msgspec.Meta(gt=0, le=10)] | None = None
+    repetition_context_size: Annotated[int, msgspec.Meta(ge=1, le=4096)] | None = None
+    #: an adapter id from the registry, applied to `model`
+    adapters: str | None = None
+
+
+class ChatCompletionRequest(_SamplingFields, kw_only=True):
+    messages: Annotated[list[ChatMessage], msgspec.Meta(min_length=1)]
+    logprobs: bool | Annotated[int, msgspec.Meta(ge=1, le=10)] | None = None
+    top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
+    max_completion_tokens: PositiveInt | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    # --- extension: mlx_lm.server's prompt layout for models without a chat template ---
+    role_mapping: dict[str, str] | None = None
+
+
+class CompletionRequest(_SamplingFields, kw_only=True):
+    prompt: (
+        Annotated[str, msgspec.Meta(min_length=1)]
+        | Annotated[list[int], msgspec.Meta(min_length=1)]
+    )
+    logprobs: Annotated[int, msgspec.Meta(ge=0, le=10)] | None = None
+    echo: bool = False
+    suffix: str | None = None
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(msgspec.Struct, kw_only=True):
+    error: ErrorBody

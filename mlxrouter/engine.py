@@ -1,0 +1,598 @@
+"""The MLX side of mlxrouter: loading models and generating text.
+
+One dedicated thread, owned by `Engine`, makes every mlx / mlx_lm call: loads, unloads,
+tokenisation, prefill and decoding. MLX streams are thread-local (mlx >= 0.31.2), so arrays made
+on one thread cannot be used on another; keeping all of it on one thread is what makes the
+daemon safe on Metal and CUDA. The event loop talks to the thread through a command queue and
+gets results back through futures and per-request `GenerationStream` channels.
+
+Each loaded model gets an mlx_lm `BatchGenerator`, so concurrent requests to one model decode
+together (continuous batching); the thread steps every busy model in turn, so requests to
+different models interleave fairly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import mlx.core as mx
+from mlx_lm import load as mlx_load
+from mlx_lm.generate import BatchGenerator, TextStateMachine, make_stop_sequences
+from mlx_lm.sample_utils import (
+    apply_min_p,
+    apply_top_k,
+    apply_top_p,
+    make_logits_processors,
+    make_sampler,
+)
+
+from .errors import (
+    ContextLengthExceededError,
+    EngineError,
+    InvalidRequestError,
+    ModelLoadError,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# How long the idle thread sleeps on its queue before checking for shutdown.
+_IDLE_POLL_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSpec:
+    """What to load: a model folder, optionally with a LoRA adapter folder applied."""
+
+    key: str
+    model_path: Path
+    adapter_path: Path | None = None
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """Plain facts about a loaded model, safe to read on any thread."""
+
+    nbytes: int
+    context_length: int | None
+    vocab_size: int
+    has_chat_template: bool
+    load_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float | None = None
+    repetition_context_size: int = 20
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[int, float] | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """A request in engine terms. Exactly one of `messages` (chat) or `prompt` (text) is set."""
+
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | list[int] | None = None
+    role_mapping: dict[str, str] | None = None
+    tools: list[dict[str, Any]] | None = None
+    max_tokens: int | None = None
+    default_max_tokens: int = 2048
+    stop: tuple[str, ...] = ()
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    #: None: no logprobs; N >= 0: the chosen token's logprob plus the N most likely
+    logprobs: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """First event of every stream: the prompt was accepted and is being processed."""
+
+    prompt_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    finish_reason: str  # "stop" or "length"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+Event = Started | Chunk | Finished
+
+
+class GenerationStream:
+    """One request's channel from the engine thread to the event loop.
+
+    The engine thread calls `_emit`; the event loop iterates. `cancel()` (any thread) asks the
+    engine to stop at its next token step, which frees the request's batch slot.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None]) -> None:
+        self._loop = loop
+        self._wake = wake
+        self._queue: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+        self.cancelled = False
+        self.done = False
+
+    def _emit(self, item: Event | BaseException) -> None:
+        """Engine thread only."""
+        if isinstance(item, Finished | BaseException):
+            self.done = True
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the loop has closed: nobody is listening any more
+            self.cancelled = True
+
+    def cancel(self) -> None:
+        if not self.done:
+            self.cancelled = True
+            self._wake()
+
+    async def next_event(self) -> Event:
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        while True:
+            event = await self.next_event()
+            yield event
+            if isinstance(event, Finished):
+                return
+
+
+@dataclass(slots=True)
+class _Sequence:
+    """A request being decoded; lives on the engine thread only."""
+
+    stream: GenerationStream
+    detokenizer: Any
+    text_state: Any  # TextStateMachine state, or None when there are no stop strings
+    prompt_tokens: int
+    top_logprobs: int | None
+    completion_tokens: int = 0
+
+
+@dataclass(slots=True)
+class _LoadedModel:
+    """Engine-thread state of one loaded model."""
+
+    spec: LoadSpec
+    model: Any
+    tokenizer: Any
+    info: ModelInfo
+    batch: Any = None  # BatchGenerator, made on first use
+    sequences: dict[int, _Sequence] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Command:
+    run: Callable[[], Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+class Engine:
+    """Owner of the MLX thread. Public coroutines may be awaited from the event loop; they
+    never block it. `close()` blocks until the thread has released every model."""
+
+    def __init__(self, *, name: str = "mlx-engine") -> None:
+        self._commands: queue.SimpleQueue[_Command | None] = queue.SimpleQueue()
+        self._models: dict[str, _LoadedModel] = {}
+        self._stop = False
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    # ---- event-loop side -------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        return self._thread.is_alive() and self._failure is None
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the engine thread and await its result (exceptions propagate)."""
+        if not self.healthy:
+            raise EngineError("The generation engine has stopped")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._commands.put(_Command(fn, future, loop))
+        return await future
+
+    async def load(self, spec: LoadSpec) -> ModelInfo:
+        """Load a model (and adapter) on the engine thread. Slow: seconds to minutes."""
+        return await self.call(lambda: self._load(spec))
+
+    async def unload(self, key: str) -> None:
+        """Drop a model; its in-flight requests end with an error. Memory is returned."""
+        await self.call(lambda: self._unload(key))
+
+    async def generate(self, key: str, request: GenerationRequest) -> GenerationStream:
+        """Queue a request on a loaded model and return its channel once the prompt is
+        accepted (so prompt errors surface before any response is sent)."""
+        loop = asyncio.get_running_loop()
+        stream = GenerationStream(loop, self._wake)
+        await self.call(lambda: self._submit(key, request, stream))
+        return stream
+
+    def active_memory(self) -> int:
+        return int(mx.get_active_memory())
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._stop = True
+        self._commands.put(None)
+        self._thread.join(timeout)
+
+    def _wake(self) -> None:
+        # An empty command makes an idle thread look at its sequences again.
+        self._commands.put(None)
+
+    # ---- engine thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        # Streams are per thread: make this thread's default stream the one MLX work runs on.
+        self._stream = mx.default_stream(mx.default_device())
+        try:
+            while not self._stop:
+                busy = any(m.sequences for m in self._models.values())
+                self._drain_commands(block=not busy)
+                self._step_all()
+        except BaseException as exc:  # the thread must report why it died, then stop
+            log.exception("engine thread failed")
+            self._failure = exc
+            for loaded in self._models.values():
+                for seq in loaded.sequences.values():
+                    seq.stream._emit(EngineError("The generation engine failed"))
+        finally:
+            self._models.clear()
+            gc.collect()
+            mx.clear_cache()
+
+    def _step_all(self) -> None:
+        # A method of its own so no loop variable keeps an unloaded model alive.
+        for loaded in list(self._models.values()):
+            if loaded.sequences:
+                self._step_safely(loaded)
+
+    def _drain_commands(self, *, block: bool) -> None:
+        try:
+            command = (
+                self._commands.get(timeout=_IDLE_POLL_S) if block else self._commands.get_nowait()
+            )
+        except queue.Empty:
+            return
+        while True:
+            if command is not None:
+                self._execute(command)
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+
+    @staticmethod
+    def _execute(command: _Command) -> None:
+        try:
+            result = command.run()
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            command.loop.call_soon_threadsafe(_set_exception, command.future, exc)
+        else:
+            command.loop.call_soon_threadsafe(_set_result, command.future, result)
+
+    def _load(self, spec: LoadSpec) -> ModelInfo:
+        if spec.key in self._models:
+            return self._models[spec.key].info
+        before = mx.get_active_memory()
+        started = time.perf_counter()
+        try:
+            model, tokenizer, *_ = mlx_load(
+                str(spec.model_path),
+                adapter_path=str(spec.adapter_path) if spec.adapter_path else None,
+                tokenizer_config={"trust_remote_code": spec.trust_remote_code},
+                trust_remote_code=spec.trust_remote_code,
+            )
+        except Exception as exc:  # noqa: BLE001 - any load failure is this model's, not ours
+            gc.collect()
+            mx.clear_cache()
+            log.warning("loading %s failed: %s", spec.key, exc)
+            raise ModelLoadError(f"The model `{spec.key}` could not be loaded") from None
+        config = getattr(model, "args", None)
+        info = ModelInfo(
+            nbytes=max(int(mx.get_active_memory() - before), 0),
+            context_length=_context_length(config),
+            vocab_size=int(getattr(config, "vocab_size", 0) or len(tokenizer.vocab)),
+            has_chat_template=bool(tokenizer.has_chat_template),
+            load_seconds=time.perf_counter() - started,
+        )
+        self._models[spec.key] = _LoadedModel(spec, model, tokenizer, info)
+        return info
+
+    def _unload(self, key: str) -> None:
+        loaded = self._models.pop(key, None)
+        if loaded is None:
+            return
+        for seq in loaded.sequences.values():
+            seq.stream._emit(EngineError(f"The model `{key}` was unloaded"))
+        if loaded.batch is not None:
+            loaded.batch.close()
+        del loaded
+        # Drop the last references, then hand the buffers back to the OS.
+        gc.collect()
+        mx.clear_cache()
+
+    def _submit(self, key: str, request: GenerationRequest, stream: GenerationStream) -> None:
+        loaded = self._models.get(key)
+        if loaded is None:
+            raise EngineError(f"The model `{key}` is not loaded")
+        tokenizer = loaded.tokenizer
+        prompt = _prompt_tokens(tokenizer, request)
+        max_tokens = _max_tokens(request, len(prompt), loaded.info.context_length)
+        _check_token_ids(request, loaded.info.vocab_size)
+        sampling = request.sampling
+        sampler = _make_sampler(sampling)
+        processors = make_logits_processors(
+            logit_bias=sampling.logit_bias,
+            repetition_penalty=sampling.repetition_penalty,
+            repetition_context_size=sampling.repetition_context_size,
+            presence_penalty=sampling.presence_penalty,
+            frequency_penalty=sampling.frequency_penalty,
+        )
+        if loaded.batch is None:
+            loaded.batch = BatchGenerator(loaded.model, stream=self._stream)
+        (uid,) = loaded.batch.insert(
+            [prompt],
+            max_tokens=[max_tokens],
+            samplers=[sampler],
+            logits_processors=[processors],
+            stop_sequences=[make_stop_sequences(tokenizer, list(request.stop))],
+        )
+        text_state = None
+        if request.stop:
+            # A transition to None ends the text: the stop string is cut, partial matches held.
+            machine = TextStateMachine({"normal": [(s, None) for s in request.stop]})
+            text_state = machine.make_state("normal")
+        loaded.sequences[uid] = _Sequence(
+            stream=stream,
+            detokenizer=tokenizer.detokenizer,
+            text_state=text_state,
+            prompt_tokens=len(prompt),
+            top_logprobs=request.logprobs,
+        )
+        stream._emit(Started(prompt_tokens=len(prompt)))
+
+    def _step_safely(self, loaded: _LoadedModel) -> None:
+        """A failure while decoding fails that model's requests, not the thread."""
+        try:
+            self._step(loaded)
+        except Exception:
+            log.exception("decoding on %s failed; its requests end with an error", loaded.spec.key)
+            for seq in loaded.sequences.values():
+                seq.stream._emit(EngineError("Generation failed on this model"))
+            loaded.sequences.clear()
+            loaded.batch = None
+
+    def _step(self, loaded: _LoadedModel) -> None:
+        """One decode step for every sequence of one model."""
+        cancelled = [uid for uid, seq in loaded.sequences.items() if seq.stream.cancelled]
+        if cancelled:
+            loaded.batch.remove(cancelled)
+            for uid in cancelled:
+                del loaded.sequences[uid]
+            if not loaded.sequences:
+                return
+        _, responses = loaded.batch.next()
+        finished: list[int] = []
+        for response in responses:
+            seq = loaded.sequences.get(response.uid)
+            if seq is None:
+                continue
+            if self._deliver(loaded, seq, response):
+                finished.append(response.uid)
+        for uid in finished:
+            loaded.sequences.pop(uid, None)
+        if finished:
+            # The batch drops sequences it finished itself; a stop string ends one early.
+            loaded.batch.remove(finished)
+
+    def _deliver(self, loaded: _LoadedModel, seq: _Sequence, response: Any) -> bool:
+        """Turn one token into a Chunk (and maybe Finished). True when the sequence ended."""
+        tokenizer = loaded.tokenizer
+        token = int(response.token)
+        reason = response.finish_reason
+        is_eos = reason == "stop" and token in tokenizer.eos_token_ids
+        if reason != "stop":
+            seq.detokenizer.add_token(token)
+            seq.completion_tokens += 1
+        if reason is not None:
+            seq.detokenizer.finalize()
+        text = seq.detokenizer.last_segment
+
+        stopped_by_text = False
+        if seq.text_state is not None:
+            seq.text_state, text, state_name = TextStateMachine.step(seq.text_state, text)
+            stopped_by_text = state_name is None
+            if reason is not None and not stopped_by_text:
+                if is_eos or reason == "length":
+                    seq.text_state, rest, _ = TextStateMachine.flush(seq.text_state)
+                    text += rest
+                else:  # a stop string matched on tokens: drop the held-back part of it
+                    seq.text_state, _ = TextStateMachine.discard(seq.text_state)
+
+        logprobs: tuple[TokenLogprob, ...] = ()
+        if seq.top_logprobs is not None and reason != "stop":
+            logprobs = (_token_logprob(tokenizer, response.logprobs, token, seq.top_logprobs),)
+        if text or logprobs:
+            seq.stream._emit(Chunk(text, logprobs))
+        if reason is None and not stopped_by_text:
+            return False
+        seq.stream._emit(
+            Finished(
+                finish_reason="stop" if stopped_by_text else reason,
+                prompt_tokens=seq.prompt_tokens,
+                completion_tokens=seq.completion_tokens,
+            )
+        )
+        return True
+
+
+def _set_result(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _set_exception(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+def _context_length(args: Any) -> int | None:
+    for name in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        value = getattr(args, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _prompt_tokens(tokenizer: Any, request: GenerationRequest) -> list[int]:
+    if request.messages is None:
+        if isinstance(request.prompt, list):
+            return list(request.prompt)
+        return list(tokenizer.encode(request.prompt or ""))
+    if tokenizer.has_chat_template and request.role_mapping is None:
+        try:
+            text = tokenizer.apply_chat_template(
+                request.messages, tools=request.tools, add_generation_prompt=True, tokenize=False
+            )
+        except Exception as exc:  # noqa: BLE001 - a template error is the request's fault
+            raise InvalidRequestError(
+                f"The model's chat template rejected the messages: {exc}", param="messages"
+            ) from None
+        return list(tokenizer.encode(text, add_special_tokens=False))
+    return list(tokenizer.encode(_role_mapped_prompt(request.messages, request.role_mapping)))
+
+
+# mlx_lm.server's default prompt layout for models without a chat template.
+_DEFAULT_ROLE_MAPPING = {
+    "system_prompt": (
+        "A chat between a curious user and an artificial intelligence assistant. The "
+        "assistant follows the given rules no matter what."
+    ),
+    "system": "ASSISTANT's RULE: ",
+    "user": "USER: ",
+    "assistant": "ASSISTANT: ",
+    "stop": "\n",
+}
+
+
+def _role_mapped_prompt(messages: list[dict[str, Any]], role_mapping: dict[str, str] | None) -> str:
+    mapping = role_mapping or _DEFAULT_ROLE_MAPPING
+    parts = [mapping.get("system_prompt", "")]
+    for message in messages:
+        prefix = mapping.get(message["role"], "")
+        parts.append(f"{prefix}{message.get('content') or ''}{mapping.get('stop', '')}")
+    parts.append(mapping.get("assistant", "").rstrip())
+    return "".join(parts)
+
+
+def _max_tokens(request: GenerationRequest, prompt_tokens: int, context: int | None) -> int:
+    if prompt_tokens == 0:
+        raise InvalidRequestError("The prompt is empty", param="prompt")
+    if context is not None and prompt_tokens >= context:
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {context} tokens, but the prompt has "
+            f"{prompt_tokens} tokens",
+            param="messages" if request.messages is not None else "prompt",
+        )
+    if request.max_tokens is None:
+        room = context - prompt_tokens if context is not None else request.default_max_tokens
+        return min(request.default_max_tokens, room)
+    if context is not None and prompt_tokens + request.max_tokens > context:
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {context} tokens, but {prompt_tokens} "
+            f"prompt tokens plus max_tokens={request.max_tokens} exceed it",
+            param="max_tokens",
+        )
+    return request.max_tokens
+
+
+def _check_token_ids(request: GenerationRequest, vocab_size: int) -> None:
+    if isinstance(request.prompt, list) and any(not 0 <= t < vocab_size for t in request.prompt):
+        raise InvalidRequestError("The prompt has token ids outside the vocabulary", param="prompt")
+    bias = request.sampling.logit_bias or {}
+    if any(not 0 <= t < vocab_size for t in bias):
+        raise InvalidRequestError(
+            "logit_bias has token ids outside the vocabulary", param="logit_bias"
+        )
+
+
+def _make_sampler(sampling: SamplingParams) -> Callable[[mx.array], mx.array]:
+    """mlx_lm's sampler; a seeded request gets the same filters with its own PRNG key, so it
+    repeats even while it shares a batch with other requests (mlx_lm's draws from the global
+    random state)."""
+    if sampling.seed is None or sampling.temperature == 0:
+        sampler: Callable[[mx.array], mx.array] = make_sampler(
+            temp=sampling.temperature,
+            top_p=sampling.top_p,
+            min_p=sampling.min_p,
+            top_k=sampling.top_k,
+        )
+        return sampler
+    filters: list[Callable[[mx.array], mx.array]] = []
+    if 0 < sampling.top_p < 1.0:
+        filters.append(lambda x: apply_top_p(x, sampling.top_p))
+    if sampling.min_p > 0:
+        filters.append(lambda x: apply_min_p(x, sampling.min_p))
+    if sampling.top_k > 0:
+        filters.append(lambda x: apply_top_k(x, sampling.top_k))
+    key = [mx.random.key(sampling.seed)]
+
+    def sample(logprobs: mx.array) -> mx.array:
+        for apply in filters:
+            logprobs = apply(logprobs)
+        key[0], draw = mx.random.split(key[0])
+        return mx.random.categorical(logprobs * (1.0 / sampling.temperature), key=draw)
+
+    return sample
+
+
+def _token_logprob(tokenizer: Any, logprobs: mx.array, token: int, top: int) -> TokenLogprob:
+    row = logprobs.reshape(-1)
+    chosen = float(row[token].item())  # type: ignore[arg-type]
+    alternatives: tuple[tuple[str, float], ...] = ()
+    if top > 0:
+        ids = mx.argpartition(-row, kth=top - 1)[:top]
+        id_list: list[int] = ids.tolist()  # type: ignore[assignment]
+        values: list[float] = row[ids].tolist()  # type: ignore[assignment]
+        pairs = sorted(zip(id_list, values, strict=True), key=lambda p: -p[1])
+        alternatives = tuple((tokenizer.decode([i]), v) for i, v in pairs)
+    return TokenLogprob(tokenizer.decode([token]), chosen, alternatives)
