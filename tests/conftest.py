@@ -39,6 +39,15 @@ def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     os.environ.update(saved)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _gpu_when_expected() -> None:
+    """On the GPU check (scripts/gpu-check) make sure MLX really runs on the GPU there."""
+    if os.environ.get("MLXROUTER_EXPECT_GPU") == "1":
+        import mlx.core as mx
+
+        assert mx.default_device() == mx.gpu, f"expected the GPU, got {mx.default_device()}"
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model folder holding two different tiny random models: `tiny-a` and `tiny-b`."""

@@ -1,0 +1,7 @@
+"""`python -m mlxrouter` is the `mlxrouter` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

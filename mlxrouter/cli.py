@@ -1,0 +1,266 @@
+"""The `mlxrouter` command: a thin shell over programmatic functions.
+
+Each subcommand parses its flags, calls into the package, and turns a domain error into one
+clear line on stderr with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import msgspec
+
+from . import __version__
+from .config import Config, load_config
+from .errors import MlxRouterError
+from .paths import default_paths
+
+log = logging.getLogger("mlxrouter")
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def _config_path(arg: str | None) -> Path | None:
+    """--config FILE, else the default file when it exists, else None (built-in defaults)."""
+    if arg:
+        return Path(arg).expanduser()
+    default = default_paths().config_file
+    return default if default.exists() else None
+
+
+def _load(args: argparse.Namespace) -> tuple[Config, Path | None]:
+    path = _config_path(args.config)
+    config = load_config(path)
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if getattr(args, "log_level", None):
+        overrides["log_level"] = args.log_level
+    return msgspec.structs.replace(config, **overrides), path
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+class _Progress:
+    """A tqdm bar driven by (stage, fraction) callbacks, one pass of the bar per stage;
+    quiet when stderr is not a terminal."""
+
+    def __init__(self, title: str) -> None:
+        from tqdm import tqdm
+
+        self._title = title
+        self._stage = ""
+        self._bar = tqdm(total=100, desc=title, unit="%", disable=None, leave=False)
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        if stage != self._stage:
+            self._stage = stage
+            self._bar.reset()
+            self._bar.set_description(f"{self._title}: {stage}")
+        self._bar.update(max(0, round(fraction * 100) - self._bar.n))
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _with_progress(title: str, work: Callable[[Callable[[str, float], None]], Path]) -> Path:
+    bar = _Progress(title)
+    try:
+        return work(bar)
+    finally:
+        bar.close()
+
+
+# ---- commands -----------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .api import create_app
+    from .demo import DEMO_MODEL_ID, ensure_demo_model
+
+    config, path = _load(args)
+    setup_logging(config.log_level)
+    if path is None and not args.no_demo:
+        # No user config: serve the demo model, preparing it once if needed.
+        models_dir = default_paths().models_dir
+        _with_progress(
+            "Preparing the demo model", lambda p: ensure_demo_model(models_dir, progress=p)
+        )
+        if config.default_model is None:
+            config = msgspec.structs.replace(config, default_model=DEMO_MODEL_ID)
+    log.info("config: %s", path or "none (built-in defaults)")
+    app = create_app(config)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level=config.log_level.lower(),
+            access_log=False,  # mlxrouter logs one richer line per request itself
+            timeout_graceful_shutdown=30,
+        )
+    )
+    # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler that was
+    # installed before it ran: make that a no-op so a clean drain exits 0.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
+    server.run()
+    return 0
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .registry import build_registry
+
+    config, _ = _load(args)
+    registry = build_registry(config)
+    rows = [("ID", "KIND", "SOURCE", "CONTEXT", "SIZE", "BASE")]
+    for entry in registry:
+        found = entry.found
+        rows.append(
+            (
+                entry.id,
+                entry.kind,
+                entry.source,
+                str(found.context_length or "-"),
+                _human_bytes(found.size_bytes),
+                entry.base or "",
+            )
+        )
+    rows += [
+        (alias, "alias", "config", "", "", target) for alias, target in registry.aliases.items()
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    if len(rows) == 1:
+        print("(no models found: see `mlxrouter paths` and the `model_dirs` config key)")
+    for problem in registry.problems:
+        print(f"note: {problem}", file=sys.stderr)
+    return 0
+
+
+def cmd_import_gguf(args: argparse.Namespace) -> int:
+    from .gguf import convert_gguf
+
+    source = Path(args.file).expanduser()
+    if not source.is_file():
+        raise MlxRouterError(f"no such file: {args.file}")
+    out = Path(args.out_dir) if args.out_dir else default_paths().models_dir / source.stem
+    result = _with_progress(
+        f"Converting {source.name}", lambda p: convert_gguf(source, out, progress=p)
+    )
+    print(result)
+    return 0
+
+
+def cmd_paths(args: argparse.Namespace) -> int:
+    from .paths import hf_hub_cache
+
+    paths = default_paths()
+    for name, value in (
+        ("config", paths.config_file),
+        ("data", paths.data_dir),
+        ("models", paths.models_dir),
+        ("logs", paths.log_dir),
+        ("cache", paths.cache_dir),
+        ("hf_cache", hf_hub_cache()),
+    ):
+        print(f"{name:9} {value}")
+    return 0
+
+
+# ---- parser -------------------------------------------------------------------------------
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", metavar="FILE", help="config file (default: see `mlxrouter paths`)"
+    )
+    parser.add_argument("--host", help="listen address (overrides `host`)")
+    parser.add_argument("--port", type=int, help="listen port (overrides `port`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlxrouter",
+        description="Serve local MLX language models over an OpenAI-compatible API.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  mlxrouter serve --port 8080\n  mlxrouter models",
+    )
+    parser.add_argument("--version", action="version", version=f"mlxrouter {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_: str, example: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    serve = command(
+        "serve", "run the daemon", "mlxrouter serve --config ~/mlxrouter.yaml --port 8080"
+    )
+    _add_config_flags(serve)
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--no-demo", action="store_true", help="do not prepare the demo model when no config exists"
+    )
+    serve.set_defaults(func=cmd_serve)
+
+    models = command("models", "list what the registry sees (no daemon needed)", "mlxrouter models")
+    _add_config_flags(models)
+    models.set_defaults(func=cmd_models)
+
+    gguf = command(
+        "import-gguf",
+        "convert a llama-architecture GGUF file into an MLX model folder",
+        "mlxrouter import-gguf ~/Downloads/model.Q4_0.gguf ~/models/my-model",
+    )
+    gguf.add_argument("file", metavar="FILE.gguf")
+    gguf.add_argument(
+        "out_dir", metavar="OUT_DIR", nargs="?", help="default: the models data folder"
+    )
+    gguf.set_defaults(func=cmd_import_gguf)
+
+    paths = command("paths", "print where mlxrouter keeps its files", "mlxrouter paths")
+    paths.set_defaults(func=cmd_paths)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except MlxRouterError as exc:
+        print(f"mlxrouter: error: {exc.message}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
