@@ -48,6 +48,7 @@ def setup_logging(level: str) -> None:
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
+        force=True,  # libraries imported earlier may have configured the root logger
     )
 
 

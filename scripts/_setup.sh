@@ -10,8 +10,11 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 stamp="$VENV/.mlxrouter-installed"
-want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)-${1:-run}"
-if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+hash="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+want="$hash-${1:-run}"
+have="$(cat "$stamp" 2>/dev/null || true)"
+# A dev install serves too; anything else that differs means pyproject.toml changed.
+if [ "$have" != "$want" ] && [ "$have" != "$hash-dev" ]; then
     echo "mlxrouter: installing the project into $VENV" >&2
     extra=""
     [ "${1:-run}" = "dev" ] && extra="[dev]"
