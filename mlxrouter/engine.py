@@ -34,6 +34,8 @@ from mlx_lm.sample_utils import (
     make_logits_processors,
     make_sampler,
 )
+from mlx_lm.tuner.utils import load_adapters
+from mlx_lm.utils import load_model
 
 from .errors import (
     ContextLengthExceededError,
@@ -57,6 +59,8 @@ class LoadSpec:
     model_path: Path
     adapter_path: Path | None = None
     trust_remote_code: bool = False
+    #: adapters: the pool key of the loaded base whose arrays the adapter shares
+    base_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,17 +319,22 @@ class Engine:
         before = mx.get_active_memory()
         started = time.perf_counter()
         try:
-            model, tokenizer, *_ = mlx_load(
-                str(spec.model_path),
-                adapter_path=str(spec.adapter_path) if spec.adapter_path else None,
-                tokenizer_config={"trust_remote_code": spec.trust_remote_code},
-                trust_remote_code=spec.trust_remote_code,
-            )
+            base = self._models.get(spec.base_key) if spec.base_key else None
+            if spec.adapter_path is not None and base is not None:
+                model, tokenizer = _adapter_on_base(base, spec.adapter_path)
+            else:
+                model, tokenizer, *_ = mlx_load(
+                    str(spec.model_path),
+                    adapter_path=str(spec.adapter_path) if spec.adapter_path else None,
+                    tokenizer_config={"trust_remote_code": spec.trust_remote_code},
+                    trust_remote_code=spec.trust_remote_code,
+                )
         except Exception as exc:  # noqa: BLE001 - any load failure is this model's, not ours
             gc.collect()
             mx.clear_cache()
             log.warning("loading %s failed: %s", spec.key, exc)
-            raise ModelLoadError(f"The model `{spec.key}` could not be loaded") from None
+            what = "adapter" if spec.adapter_path else "model"
+            raise ModelLoadError(f"The {what} `{spec.key}` could not be loaded") from None
         config = getattr(model, "args", None)
         info = ModelInfo(
             nbytes=max(int(mx.get_active_memory() - before), 0),
@@ -463,6 +472,20 @@ class Engine:
             )
         )
         return True
+
+
+def _adapter_on_base(base: _LoadedModel, adapter_path: Path) -> tuple[Any, Any]:
+    """A LoRA adapter applied to a copy of the base model's *structure* whose arrays are the
+    base's own: no second copy of the base weights, so the cost is the adapter's size.
+
+    The skeleton is built lazily (its weight files are mapped, never read), then every array
+    is replaced by the loaded base's before the adapter's LoRA layers wrap the linears."""
+    model, _ = load_model(base.spec.model_path, lazy=True)
+    model.update(base.model.parameters())
+    model = load_adapters(model, str(adapter_path))
+    model.eval()
+    mx.eval(model.parameters())
+    return model, base.tokenizer
 
 
 def _set_result(future: asyncio.Future[Any], result: Any) -> None:

@@ -57,6 +57,12 @@ class PoolBusyError(MlxRouterError):
         self.retry_after = retry_after
 
 
+class EntryBusyError(MlxRouterError):
+    """An unload was asked for an entry that is serving requests."""
+
+    code = "model_busy"
+
+
 class ModelTooLargeError(MlxRouterError):
     """The model alone is larger than the whole pool memory budget."""
 

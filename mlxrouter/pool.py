@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .engine import LoadSpec, ModelInfo
-from .errors import ModelTooLargeError, PoolBusyError
+from .errors import EntryBusyError, ModelTooLargeError, PoolBusyError
 from .eviction import Resident, choose_victims, over_limits
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,11 @@ class LeaseRequest:
     estimated_bytes: int
     pinned: bool = False
     ttl: float | None = None
+    #: adapters: the base model, loaded first; the adapter shares its arrays
+    base: LeaseRequest | None = None
+    #: per request (Ollama's keep_alive): None keeps the entry's lifetime, < 0 pins it,
+    #: 0 unloads it once idle, > 0 unloads it after that many idle seconds
+    keep_alive: float | None = None
 
 
 @dataclass(slots=True)
@@ -66,6 +71,10 @@ class PoolEntry:
     @property
     def loaded(self) -> bool:
         return self.info is not None
+
+    @property
+    def base_key(self) -> str | None:
+        return self.spec.base_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +109,18 @@ class Pool:
     def queue_depth(self) -> int:
         return self._waiting
 
+    @property
+    def used_bytes(self) -> int:
+        return sum(e.nbytes for e in self._entries.values())
+
+    def expires_in(self, entry: PoolEntry, now: float | None = None) -> float | None:
+        """Seconds until an idle entry's ttl unloads it; None if it never expires (or is busy)."""
+        ttl = entry.ttl if entry.ttl is not None else self.limits.idle_ttl
+        if ttl is None or entry.pinned or entry.in_flight or not entry.loaded:
+            return None
+        now = time.monotonic() if now is None else now
+        return max(0.0, entry.last_used + ttl - now)
+
     # ---- leasing -----------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
@@ -111,9 +132,32 @@ class Pool:
         finally:
             entry.in_flight -= 1
             entry.last_used = time.monotonic()
+            await self._apply_keep_alive(entry, request.keep_alive)
+            # Limits lowered while this entry was busy take effect once it is idle.
+            await self._enforce_limits()
             await self._notify()
 
+    async def _apply_keep_alive(self, entry: PoolEntry, keep_alive: float | None) -> None:
+        if keep_alive is None:
+            return
+        if keep_alive < 0:
+            entry.pinned = True
+            return
+        entry.pinned = False
+        entry.ttl = keep_alive
+        if keep_alive == 0 and entry.in_flight == 0 and self._entries.get(entry.key) is entry:
+            with contextlib.suppress(PoolBusyError):
+                await self.unload(entry.key)
+
     async def _acquire(self, request: LeaseRequest) -> tuple[PoolEntry, ModelInfo, bool]:
+        entry = self._entries.get(request.spec.key)
+        if request.base is None or (entry is not None and entry.loaded):
+            return await self._acquire_one(request)
+        # An adapter loads onto its base: hold the base while the adapter loads.
+        async with self.lease(request.base):
+            return await self._acquire_one(request)
+
+    async def _acquire_one(self, request: LeaseRequest) -> tuple[PoolEntry, ModelInfo, bool]:
         key = request.spec.key
         deadline = time.monotonic() + self.limits.queue_timeout
         while True:
@@ -146,14 +190,24 @@ class Pool:
             max_bytes=limits.max_bytes,
         )
 
+    def _busy(self, entry: PoolEntry) -> bool:
+        """In use: serving, loading, or the base of an adapter that is serving or loading."""
+        if entry.in_flight > 0 or not entry.loaded:
+            return True
+        return any(d.in_flight > 0 or not d.loaded for d in self._dependents(entry.key))
+
+    def _dependents(self, key: str) -> list[PoolEntry]:
+        return [e for e in self._entries.values() if e.base_key == key]
+
     def _residents(self) -> list[Resident]:
         return [
             Resident(
                 key=e.key,
-                nbytes=e.nbytes,
-                last_used=e.last_used,
-                in_use=e.in_flight > 0 or not e.loaded,
-                pinned=e.pinned,
+                # Evicting a base takes its adapters with it.
+                nbytes=e.nbytes + sum(d.nbytes for d in self._dependents(e.key)),
+                last_used=max([e.last_used, *(d.last_used for d in self._dependents(e.key))]),
+                in_use=self._busy(e),
+                pinned=e.pinned or any(d.pinned for d in self._dependents(e.key)),
             )
             for e in self._entries.values()
         ]
@@ -163,7 +217,7 @@ class Pool:
         if remaining <= 0 or self._waiting >= self.limits.max_queue:
             raise PoolBusyError(
                 "Every loaded model is busy and the pool is full; retry shortly",
-                retry_after=max(1, int(self.limits.queue_timeout // 10) or 1),
+                retry_after=max(1, round(self.limits.queue_timeout / 10)),
             )
         self._waiting += 1
         try:
@@ -187,13 +241,13 @@ class Pool:
         )
         # The entry is registered before any await, so concurrent requests find it and wait.
         self._entries[key] = entry
-        for victim in victims:
-            self._entries.pop(victim, None)
         try:
             for victim in victims:
+                if victim not in self._entries:  # went with its base already
+                    continue
                 self.evictions += 1
                 log.info("evicting %s to make room for %s", victim, key)
-                await self._loader.unload(victim)
+                await self._unload_with_dependents(victim)
             info = await self._loader.load(request.spec)
         except BaseException as exc:
             self._entries.pop(key, None)
@@ -210,6 +264,13 @@ class Pool:
         entry.load_task = None
         return entry
 
+    async def _unload_with_dependents(self, key: str) -> None:
+        for dependent in self._dependents(key):
+            self._entries.pop(dependent.key, None)
+            await self._loader.unload(dependent.key)
+        self._entries.pop(key, None)
+        await self._loader.unload(key)
+
     # ---- control -----------------------------------------------------------------------------
 
     async def preload(self, request: LeaseRequest) -> ModelInfo:
@@ -218,43 +279,48 @@ class Pool:
             return lease.info
 
     async def unload(self, key: str) -> bool:
-        """Unload an idle entry now. False if it is not loaded; PoolBusyError if in use."""
+        """Unload an idle entry (and adapters on it) now. False if it is not loaded;
+        EntryBusyError if it or an adapter on it is serving."""
         entry = self._entries.get(key)
         if entry is None or not entry.loaded:
             return False
-        if entry.in_flight:
-            raise PoolBusyError(f"`{key}` is serving {entry.in_flight} request(s)")
-        self._entries.pop(key)
-        await self._loader.unload(key)
+        if self._busy(entry):
+            raise EntryBusyError(f"`{key}` is serving requests; try again when they finish")
+        await self._unload_with_dependents(key)
         await self._notify()
         return True
 
     async def apply_limits(self, limits: PoolLimits) -> None:
-        """New limits from a config edit: evict idle entries now over them."""
+        """New limits from a config edit: evict idle entries now over them (busy ones go
+        when their last request ends)."""
         self.limits = limits
+        await self._enforce_limits()
+
+    async def _enforce_limits(self) -> None:
+        limits = self.limits
         for key in over_limits(
             self._residents(), max_models=limits.max_models, max_bytes=limits.max_bytes
         ):
-            await self.unload(key)
+            if key in self._entries:
+                with contextlib.suppress(EntryBusyError):
+                    self.evictions += 1
+                    await self.unload(key)
 
     async def expire_idle(self, now: float | None = None) -> list[str]:
         """Unload idle entries past their ttl (entry ttl, else the pool's idle_ttl)."""
         now = time.monotonic() if now is None else now
         expired = []
         for entry in list(self._entries.values()):
-            ttl = entry.ttl if entry.ttl is not None else self.limits.idle_ttl
-            if (
-                entry.loaded
-                and not entry.pinned
-                and entry.in_flight == 0
-                and ttl is not None
-                and now - entry.last_used >= ttl
-            ):
+            remaining = self.expires_in(entry, now)
+            if remaining == 0 and entry.key in self._entries and not self._busy(entry):
                 expired.append(entry.key)
                 await self.unload(entry.key)
         return expired
 
     async def close(self) -> None:
+        for key in [k for k, e in self._entries.items() if e.loaded and e.base_key is not None]:
+            self._entries.pop(key, None)
+            await self._loader.unload(key)
         for key in [k for k, e in self._entries.items() if e.loaded]:
             self._entries.pop(key, None)
             await self._loader.unload(key)

@@ -80,3 +80,34 @@ def make_tiny_model(
     mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     return folder
+
+
+def make_tiny_adapter(
+    folder: Path, base_folder: Path, *, base_ref: str, seed: int = 0, rank: int = 8, layers: int = 2
+) -> Path:
+    """Write a LoRA adapter folder (adapter_config.json + adapters.safetensors) for a tiny
+    base, in the format mlx_lm.lora saves. Its `lora_b` is random rather than zero (as an
+    untrained adapter's would be), so the adapter really changes the base model's answers."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+    from mlx_lm.utils import load_model
+
+    lora = {"rank": rank, "scale": 20.0, "dropout": 0.0}
+    mx.random.seed(seed)  # lora_a is initialised randomly too
+    model, _ = load_model(base_folder, lazy=True)
+    model.freeze()
+    linear_to_lora_layers(model, layers, lora)
+    adapters = {}
+    for name, value in tree_flatten(model.trainable_parameters()):
+        adapters[name] = mx.random.normal(value.shape) * 0.5 if name.endswith("lora_b") else value
+    folder.mkdir(parents=True, exist_ok=True)
+    mx.save_safetensors(str(folder / "adapters.safetensors"), adapters)
+    config = {
+        "model": base_ref,
+        "fine_tune_type": "lora",
+        "num_layers": layers,
+        "lora_parameters": lora,
+    }
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return folder
