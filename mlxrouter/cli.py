@@ -12,6 +12,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -151,9 +152,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     rows += [
         (alias, "alias", "config", "", "", target) for alias, target in registry.aliases.items()
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    _table(rows)
     if len(rows) == 1:
         print("(no models found: see `mlxrouter paths` and the `model_dirs` config key)")
     for problem in registry.problems:
@@ -172,6 +171,101 @@ def cmd_import_gguf(args: argparse.Namespace) -> int:
         f"Converting {source.name}", lambda p: convert_gguf(source, out, progress=p)
     )
     print(result)
+    return 0
+
+
+# ---- talking to the running daemon ----------------------------------------------------------
+
+
+def _daemon_call(args: argparse.Namespace, method: str, path: str, body: object = None) -> Any:
+    """One request to the running daemon, at --url or the config's host and port."""
+    import os
+
+    import httpx
+
+    config, _ = _load(args)
+    url = args.url
+    if not url:
+        host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host  # noqa: S104
+        url = f"http://{host}:{config.port}"
+    key = config.api_key or os.environ.get("MLXROUTER_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = httpx.request(
+            method, url.rstrip("/") + path, json=body, headers=headers, timeout=args.timeout
+        )
+    except httpx.HTTPError as exc:
+        raise MlxRouterError(f"cannot reach the daemon at {url} ({exc})") from None
+    try:
+        data = response.json()
+    except ValueError:
+        data = {}
+    if response.status_code >= 400:
+        message = data.get("error", {}).get("message") if isinstance(data, dict) else None
+        raise MlxRouterError(message or f"the daemon answered HTTP {response.status_code}")
+    return data
+
+
+def _ago(timestamp: float | None) -> str:
+    import time
+
+    if timestamp is None:
+        return "-"
+    seconds = max(0, int(time.time() - timestamp))
+    return f"{seconds}s ago" if seconds < 120 else f"{seconds // 60}m ago"
+
+
+def _until(timestamp: float | None) -> str:
+    import time
+
+    if timestamp is None:
+        return "never"
+    return f"in {max(0, int(timestamp - time.time()))}s"
+
+
+def _table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    status = _daemon_call(args, "GET", "/admin/pool")
+    rows = [("ID", "KIND", "STATE", "SIZE", "IN FLIGHT", "LAST USED", "PINNED", "EXPIRES")]
+    for e in status["entries"]:
+        rows.append(
+            (
+                e["id"],
+                e["kind"] if not e["base"] else f"adapter of {e['base']}",
+                e["state"],
+                _human_bytes(e["bytes"]),
+                str(e["in_flight"]),
+                _ago(e["last_used"]),
+                "yes" if e["pinned"] else "no",
+                _until(e["expires_at"]),
+            )
+        )
+    _table(rows)
+    budget = _human_bytes(status["max_bytes"]) if status["max_bytes"] else "no limit"
+    print(
+        f"\n{len(status['entries'])}/{status['max_models']} loaded, "
+        f"{_human_bytes(status['used_bytes'])} of {budget}; "
+        f"{status['queue_depth']} waiting; {status['loads']} loads, {status['evictions']} evictions"
+    )
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    result = _daemon_call(args, "POST", "/admin/load", {"model": args.id, "adapter": args.adapter})
+    print(f"loaded {result['loaded']}")
+    return 0
+
+
+def cmd_unload(args: argparse.Namespace) -> int:
+    result = _daemon_call(
+        args, "POST", "/admin/unload", {"model": args.id, "adapter": args.adapter}
+    )
+    print(f"unloaded {args.id}" if result["unloaded"] else f"{args.id} was not loaded")
     return 0
 
 
@@ -245,6 +339,38 @@ def build_parser() -> argparse.ArgumentParser:
         "out_dir", metavar="OUT_DIR", nargs="?", help="default: the models data folder"
     )
     gguf.set_defaults(func=cmd_import_gguf)
+
+    def client_flags(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--config", metavar="FILE", help="config naming the daemon's host and port"
+        )
+        parser.add_argument("--url", help="the daemon's URL (default: from the config)")
+        parser.add_argument(
+            "--timeout", type=float, default=600.0, help="seconds to wait (default 600)"
+        )
+        parser.set_defaults(host=None, port=None)
+
+    ps = command("ps", "show what the running daemon has loaded", "mlxrouter ps")
+    client_flags(ps)
+    ps.set_defaults(func=cmd_ps)
+
+    load = command(
+        "load", "load a model (or adapter) in the running daemon now", "mlxrouter load org/model"
+    )
+    load.add_argument("id", help="a registry id")
+    load.add_argument("--adapter", help="an adapter id to load on it")
+    client_flags(load)
+    load.set_defaults(func=cmd_load)
+
+    unload = command(
+        "unload",
+        "unload a model (or adapter) from the running daemon",
+        "mlxrouter unload org/model",
+    )
+    unload.add_argument("id", help="a registry id")
+    unload.add_argument("--adapter", help="unload only this adapter of it")
+    client_flags(unload)
+    unload.set_defaults(func=cmd_unload)
 
     paths = command("paths", "print where mlxrouter keeps its files", "mlxrouter paths")
     paths.set_defaults(func=cmd_paths)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from .config import Config, parse_bytes, parse_duration
 from .engine import Engine, GenerationRequest, GenerationStream, LoadSpec
@@ -55,20 +57,36 @@ class Target:
     def key(self) -> str:
         return self.adapter.id if self.adapter else self.model.id
 
-    def lease_request(self) -> LeaseRequest:
+    def lease_request(self, keep_alive: float | None = None) -> LeaseRequest:
+        model = self.model
+        base = LeaseRequest(
+            spec=LoadSpec(
+                key=model.id,
+                model_path=model.path,
+                trust_remote_code=model.options.trust_remote_code,
+            ),
+            estimated_bytes=model.found.size_bytes,
+            pinned=model.options.pinned,
+            ttl=model.options.ttl,
+            keep_alive=None if self.adapter else keep_alive,
+        )
         adapter = self.adapter
-        options = (adapter or self.model).options
+        if adapter is None:
+            return base
+        # The adapter shares the base's arrays, so it costs about its own file size.
         return LeaseRequest(
             spec=LoadSpec(
-                key=self.key,
-                model_path=self.model.path,
-                adapter_path=adapter.path if adapter else None,
-                trust_remote_code=self.model.options.trust_remote_code,
+                key=adapter.id,
+                model_path=model.path,
+                adapter_path=adapter.path,
+                trust_remote_code=model.options.trust_remote_code,
+                base_key=model.id,
             ),
-            estimated_bytes=self.model.found.size_bytes
-            + (adapter.found.size_bytes if adapter else 0),
-            pinned=options.pinned,
-            ttl=options.ttl,
+            estimated_bytes=adapter.found.size_bytes,
+            pinned=adapter.options.pinned,
+            ttl=adapter.options.ttl,
+            base=base,
+            keep_alive=keep_alive,
         )
 
 
@@ -144,11 +162,57 @@ class Daemon:
         return Target(requested=name, model=entry, adapter=adapter_entry)
 
     @asynccontextmanager
-    async def lease(self, target: Target) -> AsyncIterator[Lease]:
+    async def lease(
+        self, target: Target, *, keep_alive: float | None = None
+    ) -> AsyncIterator[Lease]:
         if self.draining:
             raise ShuttingDownError("The server is shutting down")
-        async with self.pool.lease(target.lease_request()) as lease:
+        async with self.pool.lease(target.lease_request(keep_alive)) as lease:
             yield lease
+
+    # ---- admin -------------------------------------------------------------------------------
+
+    async def load(self, model: str, adapter: str | None = None) -> Target:
+        """Load an entry now (admin); it stays until evicted or expired."""
+        target = self.target(model, adapter)
+        await self.pool.preload(target.lease_request())
+        return target
+
+    async def unload(self, model: str, adapter: str | None = None) -> bool:
+        target = self.target(model, adapter)
+        return await self.pool.unload(target.key)
+
+    def pool_status(self) -> dict[str, Any]:
+        """What is loaded, for `GET /admin/pool` and `mlxrouter ps`. No filesystem paths."""
+        now_mono, now_wall = time.monotonic(), time.time()
+        entries = []
+        for entry in self.pool.entries():
+            expires = self.pool.expires_in(entry, now_mono)
+            entries.append(
+                {
+                    "id": entry.key,
+                    "kind": "adapter" if entry.base_key else "model",
+                    "base": entry.base_key,
+                    "state": "loaded" if entry.loaded else "loading",
+                    "bytes": entry.nbytes,
+                    "in_flight": entry.in_flight,
+                    "last_used": round(now_wall - (now_mono - entry.last_used), 3),
+                    "pinned": entry.pinned,
+                    "expires_at": None if expires is None else round(now_wall + expires, 3),
+                    "load_seconds": entry.info.load_seconds if entry.info else None,
+                }
+            )
+        limits = self.pool.limits
+        return {
+            "entries": entries,
+            "used_bytes": self.pool.used_bytes,
+            "max_models": limits.max_models,
+            "max_bytes": limits.max_bytes,
+            "idle_ttl": limits.idle_ttl,
+            "queue_depth": self.pool.queue_depth,
+            "loads": self.pool.loads,
+            "evictions": self.pool.evictions,
+        }
 
     async def generate(self, lease: Lease, request: GenerationRequest) -> GenerationStream:
         return await self.engine.generate(lease.key, request)

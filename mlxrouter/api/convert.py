@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from ..config import parse_duration
 from ..engine import Chunk, Finished, GenerationRequest, SamplingParams, TokenLogprob
 from ..errors import InvalidRequestError
 from .schemas import ChatCompletionRequest, CompletionRequest
@@ -40,6 +41,24 @@ def _sampling(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams
         logit_bias=bias,
         seed=body.seed,
     )
+
+
+def keep_alive_seconds(value: str | float | None) -> float | None:
+    """Ollama's keep_alive: a duration ("5m", "30s") or seconds; 0 unload, negative pin."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("-"):
+            return -1.0
+        try:
+            seconds = parse_duration(text)
+        except ValueError:
+            raise InvalidRequestError(
+                "`keep_alive` must be seconds or a duration such as '5m'", param="keep_alive"
+            ) from None
+        return seconds
+    return -1.0 if value < 0 else float(value)
 
 
 def _stop(stop: str | list[str] | None) -> tuple[str, ...]:

@@ -25,7 +25,7 @@ from ..engine import Chunk, Finished, GenerationRequest, GenerationStream
 from ..errors import EngineError
 from ..registry import RegistryEntry
 from . import convert
-from .schemas import ChatCompletionRequest, CompletionRequest
+from .schemas import AdminModelRequest, ChatCompletionRequest, CompletionRequest
 
 log = logging.getLogger("mlxrouter.access")
 
@@ -70,10 +70,11 @@ async def _complete(
 ) -> Response[Any] | Stream:
     started = time.perf_counter()
     target = daemon.target(body.model, body.adapters)
+    keep_alive = convert.keep_alive_seconds(body.keep_alive)
     meta = convert.ResponseMeta(kind=kind, model=target.requested)
     stack = AsyncExitStack()
     try:
-        lease = await stack.enter_async_context(daemon.lease(target))
+        lease = await stack.enter_async_context(daemon.lease(target, keep_alive=keep_alive))
         stream = await daemon.generate(lease, generation)
         stack.callback(stream.cancel)
         await stream.next_event()  # Started: the prompt was accepted
@@ -239,4 +240,35 @@ async def health(state: State) -> Response[dict[str, Any]]:
     return Response(body, status_code=200 if ok else 503)
 
 
-ROUTES = [chat_completions, completions, list_models, get_model, health]
+# ---- admin ----------------------------------------------------------------------------------
+
+
+@get("/admin/pool")
+async def admin_pool(state: State) -> dict[str, Any]:
+    return _daemon(state).pool_status()
+
+
+@post("/admin/load", status_code=200)
+async def admin_load(state: State, data: JSONBody[AdminModelRequest]) -> dict[str, Any]:
+    daemon = _daemon(state)
+    target = await daemon.load(data.model, data.adapter)
+    return {"loaded": target.key, "pool": daemon.pool_status()}
+
+
+@post("/admin/unload", status_code=200)
+async def admin_unload(state: State, data: JSONBody[AdminModelRequest]) -> dict[str, Any]:
+    daemon = _daemon(state)
+    unloaded = await daemon.unload(data.model, data.adapter)
+    return {"unloaded": unloaded, "pool": daemon.pool_status()}
+
+
+ROUTES = [
+    chat_completions,
+    completions,
+    list_models,
+    get_model,
+    health,
+    admin_pool,
+    admin_load,
+    admin_unload,
+]

@@ -75,6 +75,9 @@ class _SamplingFields(msgspec.Struct, kw_only=True):
     repetition_context_size: Annotated[int, msgspec.Meta(ge=1, le=4096)] | None = None
     #: an adapter id from the registry, applied to `model`
     adapters: str | None = None
+    #: as in Ollama: how long the model stays loaded after this request ("5m", seconds);
+    #: 0 unloads it once idle, -1 keeps it loaded until unloaded
+    keep_alive: str | float | None = None
 
 
 class ChatCompletionRequest(_SamplingFields, kw_only=True):
@@ -97,6 +100,13 @@ class CompletionRequest(_SamplingFields, kw_only=True):
     logprobs: Annotated[int, msgspec.Meta(ge=0, le=10)] | None = None
     echo: bool = False
     suffix: str | None = None
+
+
+class AdminModelRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of `POST /admin/load` and `POST /admin/unload`."""
+
+    model: str
+    adapter: str | None = None
 
 
 class ErrorBody(msgspec.Struct, kw_only=True):
