@@ -35,13 +35,20 @@ def _config_path(arg: str | None) -> Path | None:
     return default if default.exists() else None
 
 
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Config fields set on the command line; they win over the file, on reload too."""
+    overrides: dict[str, Any] = {
+        k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None
+    }
+    if getattr(args, "log_level", None):
+        overrides["log_level"] = args.log_level
+    return overrides
+
+
 def _load(args: argparse.Namespace) -> tuple[Config, Path | None]:
     path = _config_path(args.config)
     config = load_config(path)
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
-    if getattr(args, "log_level", None):
-        overrides["log_level"] = args.log_level
-    return msgspec.structs.replace(config, **overrides), path
+    return msgspec.structs.replace(config, **_overrides(args)), path
 
 
 def setup_logging(level: str) -> None:
@@ -93,6 +100,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .demo import DEMO_MODEL_ID, ensure_demo_model
 
     config, path = _load(args)
+    overrides = _overrides(args)
     setup_logging(config.log_level)
     if path is None and not args.no_demo:
         # No user config: serve the demo model, preparing it once if needed.
@@ -101,9 +109,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "Preparing the demo model", lambda p: ensure_demo_model(models_dir, progress=p)
         )
         if config.default_model is None:
+            overrides["default_model"] = DEMO_MODEL_ID
             config = msgspec.structs.replace(config, default_model=DEMO_MODEL_ID)
     log.info("config: %s", path or "none (built-in defaults)")
-    app = create_app(config)
+    app = create_app(config, config_path=path, overrides=overrides)
     server = uvicorn.Server(
         uvicorn.Config(
             app,

@@ -10,16 +10,20 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from .config import Config, parse_bytes, parse_duration
+import msgspec
+
+from .config import Config, load_config, parse_bytes, parse_duration
 from .engine import Engine, GenerationRequest, GenerationStream, LoadSpec
-from .errors import InvalidRequestError, ModelNotFoundError, ShuttingDownError
+from .errors import ConfigError, InvalidRequestError, ModelNotFoundError, ShuttingDownError
 from .pool import Lease, LeaseRequest, Pool, PoolLimits
-from .registry import Registry, RegistryEntry, build_registry
+from .registry import Registry, RegistryDiff, RegistryEntry, build_registry, diff_registries
+from .watcher import WatchSet, watch_changes
 
 log = logging.getLogger(__name__)
 
@@ -91,21 +95,44 @@ class Target:
 
 
 class Daemon:
-    """Owns the engine thread, the pool and the current registry. Event-loop side."""
+    """Owns the engine thread, the pool and the current registry. Event-loop side.
 
-    def __init__(self, config: Config, *, registry: Registry | None = None) -> None:
+    With `watch=True`, the config file, the model folders and the HF cache are watched; each
+    settled burst of changes rebuilds the registry off the event loop and swaps it in whole.
+    A config that does not parse keeps the last good one and marks `/health` degraded."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: Path | None = None,
+        registry: Registry | None = None,
+        watch: bool = True,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> None:
+        #: fields the command line set (--host, --port, the demo's default_model): kept on reload
+        self.overrides = dict(overrides or {})
         self.config = config
+        self.config_path = config_path
         self.registry = registry if registry is not None else build_registry(config)
         self.engine = Engine()
         self.pool = Pool(self.engine, pool_limits(config))
-        self.problems: list[str] = []
+        self.config_error: str | None = None
         self.draining = False
-        self._reaper: asyncio.Task[None] | None = None
+        self.rebuilds = 0
+        self._watch = watch
+        self._tasks: list[asyncio.Task[None]] = []
+        self._watch_stop = asyncio.Event()
+        self._restart_watch = asyncio.Event()
+        self._reload_pending = False
+        self._reloader: asyncio.Task[None] | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._reaper = asyncio.create_task(self._reap_idle(), name="pool-reaper")
+        self._tasks.append(asyncio.create_task(self._reap_idle(), name="pool-reaper"))
+        if self._watch:
+            self._tasks.append(asyncio.create_task(self._watch_sources(), name="watcher"))
         for entry in self.registry:
             if entry.options.preload:
                 target = self.target(entry.id, None)
@@ -115,8 +142,10 @@ class Daemon:
                     log.warning("preloading %s failed: %s", entry.id, exc)
 
     async def stop(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
+        self._watch_stop.set()
+        for task in [*self._tasks, *([self._reloader] if self._reloader else [])]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.pool.close()
         await asyncio.to_thread(self.engine.close)
 
@@ -125,8 +154,79 @@ class Daemon:
             await asyncio.sleep(1.0)
             await self.pool.expire_idle()
 
+    # ---- watching and reloading -------------------------------------------------------------
+
+    def watch_set(self) -> WatchSet:
+        return WatchSet(
+            config_file=self.config_path,
+            model_dirs=tuple(self.config.model_dir_paths()),
+            hf_cache=self.config.hf_cache_dir(),
+        )
+
+    async def _watch_sources(self) -> None:
+        while not self._watch_stop.is_set():
+            watching = self.watch_set()
+            stop = asyncio.Event()
+            self._restart_watch = stop
+            waiter = asyncio.create_task(self._watch_stop.wait())
+            watcher = asyncio.create_task(watch_changes(watching, self.request_reload, stop))
+            await asyncio.wait({waiter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            stop.set()
+            waiter.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+    def request_reload(self) -> None:
+        """Coalesce: a change that arrives during a rebuild causes one more rebuild."""
+        self._reload_pending = True
+        if self._reloader is None or self._reloader.done():
+            self._reloader = asyncio.create_task(self._reload_until_clean(), name="reload")
+
+    async def _reload_until_clean(self) -> None:
+        while self._reload_pending:
+            self._reload_pending = False
+            try:
+                await self.reload()
+            except Exception:
+                log.exception("registry rebuild failed; keeping the last good registry")
+
+    async def reload(self) -> RegistryDiff:
+        """Re-read the config (if any), rebuild the registry off the event loop and swap it in.
+        A bad config keeps the last good one; requests in flight finish on what they leased."""
+        config = self.config
+        if self.config_path is not None:
+            try:
+                loaded = await asyncio.to_thread(load_config, self.config_path)
+            except ConfigError as exc:
+                # Name the file, not its folder: /health is readable without a key.
+                self.config_error = exc.message.replace(
+                    str(self.config_path), self.config_path.name
+                )
+                log.error("config not applied, keeping the last good one: %s", exc.message)
+            else:
+                config = msgspec.structs.replace(loaded, **self.overrides)
+                self.config_error = None
+        registry = await asyncio.to_thread(build_registry, config)
+        diff = diff_registries(self.registry, registry)
+        old_watch = self.watch_set()
+        self.registry, self.config = registry, config  # the swap: one assignment each
+        self.rebuilds += 1
+        if diff:
+            log.info(
+                "registry rebuilt: +%d -%d ~%d",
+                len(diff.added),
+                len(diff.removed),
+                len(diff.changed),
+            )
+        await self.pool.invalidate({*diff.removed, *diff.changed})
+        limits = pool_limits(config)
+        if limits != self.pool.limits:
+            await self.pool.apply_limits(limits)
+        if self.watch_set() != old_watch:
+            self._restart_watch.set()
+        return diff
+
     def health(self) -> tuple[bool, list[str]]:
-        reasons = list(self.problems)
+        reasons = [f"config error: {self.config_error}"] if self.config_error else []
         if not self.engine.healthy:
             reasons.append("the generation engine has stopped")
         if self.draining:

@@ -67,6 +67,8 @@ class PoolEntry:
     pinned: bool = False
     ttl: float | None = None
     load_task: asyncio.Future[ModelInfo] | None = None
+    #: its files changed or it left the registry: serve no new request, unload once idle
+    stale: bool = False
 
     @property
     def loaded(self) -> bool:
@@ -133,6 +135,7 @@ class Pool:
             entry.in_flight -= 1
             entry.last_used = time.monotonic()
             await self._apply_keep_alive(entry, request.keep_alive)
+            await self._drop_stale()
             # Limits lowered while this entry was busy take effect once it is idle.
             await self._enforce_limits()
             await self._notify()
@@ -162,6 +165,12 @@ class Pool:
         deadline = time.monotonic() + self.limits.queue_timeout
         while True:
             entry = self._entries.get(key)
+            if entry is not None and entry.stale:
+                # Old weights finish their requests; new requests wait for the reload.
+                await self._drop_stale()
+                if key in self._entries:
+                    await self._wait_for_room(deadline)
+                continue
             if entry is not None and entry.info is not None:
                 entry.in_flight += 1
                 entry.last_used = time.monotonic()
@@ -289,6 +298,26 @@ class Pool:
         await self._unload_with_dependents(key)
         await self._notify()
         return True
+
+    async def invalidate(self, keys: set[str]) -> None:
+        """These entries' files changed or they left the registry: unload each once idle
+        (adapters on a base go with it), and load afresh on next use."""
+        for entry in list(self._entries.values()):
+            if entry.key in keys or entry.base_key in keys:
+                entry.stale = True
+        await self._drop_stale()
+
+    async def _drop_stale(self) -> None:
+        for entry in list(self._entries.values()):
+            if (
+                entry.stale
+                and entry.loaded
+                and entry.key in self._entries
+                and not self._busy(entry)
+            ):
+                log.info("unloading %s: its files changed or it was removed", entry.key)
+                await self._unload_with_dependents(entry.key)
+                await self._notify()
 
     async def apply_limits(self, limits: PoolLimits) -> None:
         """New limits from a config edit: evict idle entries now over them (busy ones go

@@ -169,3 +169,29 @@ def build_registry(config: Config) -> Registry:
         aliases=MappingProxyType(aliases),
         problems=tuple(problems),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryDiff:
+    """What a rebuild changed, by canonical id."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    #: still registered, but its files (fingerprint), folder or base changed
+    changed: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+
+def diff_registries(old: Registry, new: Registry) -> RegistryDiff:
+    """Pure: compare two snapshots entry by entry."""
+    added = sorted(set(new.entries) - set(old.entries))
+    removed = sorted(set(old.entries) - set(new.entries))
+    changed = sorted(
+        key
+        for key in set(old.entries) & set(new.entries)
+        if (old.entries[key].found.fingerprint, old.entries[key].path, old.entries[key].base)
+        != (new.entries[key].found.fingerprint, new.entries[key].path, new.entries[key].base)
+    )
+    return RegistryDiff(tuple(added), tuple(removed), tuple(changed))

@@ -8,8 +8,9 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tinymodel import make_tiny_model
@@ -96,11 +97,32 @@ def serve_app(app: object) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def running_daemon(config_yaml: str) -> Iterator[tuple[str, object]]:
+def running_daemon(config_yaml: str) -> Iterator[tuple[str, Any]]:
     """A daemon built from YAML text, served on loopback; yields (base_url, app)."""
     from mlxrouter.api import create_app
     from mlxrouter.config import parse_config
 
-    app = create_app(parse_config(config_yaml))
+    app = create_app(parse_config(config_yaml), watch=False)
     with serve_app(app) as url:
         yield url, app
+
+
+@contextlib.contextmanager
+def watched_daemon(config_file: Path) -> Iterator[tuple[str, Any]]:
+    """A daemon reading and watching a real config file, as `mlxrouter serve --config` does."""
+    from mlxrouter.api import create_app
+    from mlxrouter.config import load_config
+
+    app = create_app(load_config(config_file), config_path=config_file)
+    with serve_app(app) as url:
+        yield url, app
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float = 15.0, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

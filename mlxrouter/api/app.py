@@ -6,6 +6,8 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from litestar import Litestar
@@ -43,10 +45,18 @@ def _api_key_guard(api_key: str | None) -> Any:
     return guard
 
 
-def create_app(config: Config, *, daemon: Daemon | None = None) -> Litestar:
-    """Build the app. With no `daemon`, one is made from `config` (scanning the registry)."""
+def create_app(
+    config: Config,
+    *,
+    daemon: Daemon | None = None,
+    config_path: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    watch: bool = True,
+) -> Litestar:
+    """Build the app. With no `daemon`, one is made from `config` (scanning the registry),
+    reloading `config_path` when it changes and keeping the command line's `overrides`."""
     owned = daemon is None
-    the_daemon = daemon if daemon is not None else Daemon(config)
+    the_daemon = daemon or Daemon(config, config_path=config_path, overrides=overrides, watch=watch)
 
     async def on_startup() -> None:
         await the_daemon.start()
