@@ -278,6 +278,21 @@ def cmd_unload(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_service(args: argparse.Namespace) -> int:
+    from . import service
+
+    config = Path(args.config).expanduser().resolve() if args.config else None
+    if args.action == "show":
+        print(service.show(config))
+    elif args.action == "install":
+        installed = service.install(config, force=args.force)
+        print(f"installed and started: {installed.path}")
+    else:
+        removed = service.uninstall(force=args.force)
+        print(f"stopped and removed: {removed}" if removed else "no mlxrouter service installed")
+    return 0
+
+
 def cmd_paths(args: argparse.Namespace) -> int:
     from .paths import hf_hub_cache
 
@@ -380,6 +395,18 @@ def build_parser() -> argparse.ArgumentParser:
     unload.add_argument("--adapter", help="unload only this adapter of it")
     client_flags(unload)
     unload.set_defaults(func=cmd_unload)
+
+    svc = command(
+        "service",
+        "install, remove or show the launchd (macOS) / systemd (Linux) login service",
+        "mlxrouter service install --config ~/.config/mlxrouter/config.yaml",
+    )
+    svc.add_argument("action", choices=["install", "uninstall", "show"])
+    svc.add_argument("--config", metavar="FILE", help="config the service runs with")
+    svc.add_argument(
+        "--force", action="store_true", help="replace a service file mlxrouter did not write"
+    )
+    svc.set_defaults(func=cmd_service)
 
     paths = command("paths", "print where mlxrouter keeps its files", "mlxrouter paths")
     paths.set_defaults(func=cmd_paths)
