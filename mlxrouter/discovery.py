@@ -92,6 +92,11 @@ class FoundModel:
     size_bytes: int
     fingerprint: str
     trusts_code: bool
+    #: what IDE pickers read: "completion", plus "chat" with a chat template, plus "tools"
+    #: when that template renders a `tools` list (adapters: empty; the registry uses the base's)
+    capabilities: tuple[str, ...] = ()
+    #: weight bits from config.json's `quantization` section; None for unquantised weights
+    quantization_bits: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,7 +421,36 @@ def describe_folder(model_id: str, path: Path, *, created: int | None = None) ->
         size_bytes=inspection.size_bytes,
         fingerprint=_fingerprint(inspection.stamps),
         trusts_code=inspection.has_python or any(k in config for k in REMOTE_CODE_KEYS),
+        capabilities=_capabilities(real) if inspection.kind == "model" else (),
+        quantization_bits=_quantization_bits(config),
     )
+
+
+def _chat_template(folder: Path) -> str | None:
+    """The chat template text, wherever transformers keeps it (a .jinja file, or
+    tokenizer_config.json's `chat_template`, a string or a list of named templates)."""
+    try:
+        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        pass
+    read = _read_json(folder, "tokenizer_config.json")
+    template = read[0].get("chat_template") if read else None
+    if isinstance(template, list):
+        template = " ".join(str(t.get("template", "")) for t in template if isinstance(t, dict))
+    return template if isinstance(template, str) else None
+
+
+def _capabilities(folder: Path) -> tuple[str, ...]:
+    template = _chat_template(folder)
+    if template is None:
+        return ("completion",)
+    return ("chat", "completion", "tools") if "tools" in template else ("chat", "completion")
+
+
+def _quantization_bits(config: dict[str, Any]) -> int | None:
+    section = config.get("quantization") or config.get("quantization_config")
+    bits = section.get("bits") if isinstance(section, dict) else None
+    return bits if isinstance(bits, int) and not isinstance(bits, bool) else None
 
 
 def _subfolders(folder: Path, root_real: Path) -> list[tuple[str, Path]]:

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,9 +121,19 @@ class TokenLogprob:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One parsed tool call; `arguments` is a JSON object encoded as a string, as in OpenAI."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
 class Chunk:
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,10 +194,13 @@ class _Sequence:
 
     stream: GenerationStream
     detokenizer: Any
-    text_state: Any  # TextStateMachine state, or None when there are no stop strings
+    text_state: Any  # TextStateMachine state, or None with no stop strings and no tools
     prompt_tokens: int
     top_logprobs: int | None
+    tools: list[dict[str, Any]] | None = None
     completion_tokens: int = 0
+    tool_text: str = ""  # the body of the tool call being generated
+    tool_calls: int = 0
 
 
 @dataclass(slots=True)
@@ -385,17 +400,14 @@ class Engine:
             logits_processors=[processors],
             stop_sequences=[make_stop_sequences(tokenizer, list(request.stop))],
         )
-        text_state = None
-        if request.stop:
-            # A transition to None ends the text: the stop string is cut, partial matches held.
-            machine = TextStateMachine({"normal": [(s, None) for s in request.stop]})
-            text_state = machine.make_state("normal")
+        machine = _text_machine(tokenizer, request)
         loaded.sequences[uid] = _Sequence(
             stream=stream,
             detokenizer=tokenizer.detokenizer,
-            text_state=text_state,
+            text_state=machine.make_state("normal") if machine else None,
             prompt_tokens=len(prompt),
             top_logprobs=request.logprobs,
+            tools=request.tools,
         )
         stream._emit(Started(prompt_tokens=len(prompt)))
 
@@ -447,31 +459,104 @@ class Engine:
         text = seq.detokenizer.last_segment
 
         stopped_by_text = False
+        calls: list[ToolCall] = []
         if seq.text_state is not None:
-            seq.text_state, text, state_name = TextStateMachine.step(seq.text_state, text)
-            stopped_by_text = state_name is None
-            if reason is not None and not stopped_by_text:
+            seq.text_state, segments = TextStateMachine.split(seq.text_state, text)
+            if reason is not None and seq.text_state[0] is not None:
                 if is_eos or reason == "length":
-                    seq.text_state, rest, _ = TextStateMachine.flush(seq.text_state)
-                    text += rest
+                    seq.text_state, rest, state = TextStateMachine.flush(seq.text_state)
+                    segments.append((state, rest))
                 else:  # a stop string matched on tokens: drop the held-back part of it
                     seq.text_state, _ = TextStateMachine.discard(seq.text_state)
+            text, calls, stopped_by_text = self._route_segments(tokenizer, seq, segments)
+            if reason is not None and seq.tool_text.strip():
+                body = seq.tool_text  # the answer ended inside a call (no end marker)
+                parsed = _parse_tool_calls(tokenizer, seq, body)
+                if parsed is None:
+                    text += tokenizer.tool_call_start + body
+                else:
+                    calls += parsed
 
         logprobs: tuple[TokenLogprob, ...] = ()
         if seq.top_logprobs is not None and reason != "stop":
             logprobs = (_token_logprob(tokenizer, response.logprobs, token, seq.top_logprobs),)
-        if text or logprobs:
-            seq.stream._emit(Chunk(text, logprobs))
+        if text or logprobs or calls:
+            seq.stream._emit(Chunk(text, logprobs, tuple(calls)))
         if reason is None and not stopped_by_text:
             return False
+        finish = "stop" if stopped_by_text else reason
         seq.stream._emit(
             Finished(
-                finish_reason="stop" if stopped_by_text else reason,
+                finish_reason="tool_calls" if seq.tool_calls and finish == "stop" else finish,
                 prompt_tokens=seq.prompt_tokens,
                 completion_tokens=seq.completion_tokens,
             )
         )
         return True
+
+    @staticmethod
+    def _route_segments(
+        tokenizer: Any, seq: _Sequence, segments: list[tuple[str | None, str]]
+    ) -> tuple[str, list[ToolCall], bool]:
+        """Text of the "normal" state is content; text of the "tool" state is a call's body,
+        parsed when the state is left; reaching None means a stop string ended the answer."""
+        content: list[str] = []
+        calls: list[ToolCall] = []
+        for index, (state, piece) in enumerate(segments):
+            last = index == len(segments) - 1
+            if state == "tool":
+                seq.tool_text += piece
+                if not last:  # the end marker closed this call
+                    body = seq.tool_text
+                    parsed = _parse_tool_calls(tokenizer, seq, body)
+                    if parsed is None:  # not a call after all: keep the text
+                        content.append(tokenizer.tool_call_start + body + tokenizer.tool_call_end)
+                    else:
+                        calls += parsed
+            elif state is None:
+                return "".join(content), calls, True
+            else:
+                content.append(piece)
+        return "".join(content), calls, False
+
+
+def _text_machine(tokenizer: Any, request: GenerationRequest) -> TextStateMachine | None:
+    """Text-level states of an answer: a stop string ends it (transition to None, the string
+    cut and partial matches held back); with tools, the model's tool-call markers switch to
+    the "tool" state, whose text is parsed by mlx_lm's tool parser for the model family."""
+    transitions: dict[str, list[tuple[str, str | None]]] = {"normal": []}
+    if request.tools and tokenizer.has_tool_calling:
+        transitions["normal"].append((tokenizer.tool_call_start, "tool"))
+        end = tokenizer.tool_call_end
+        transitions["tool"] = [(end, "normal")] if end else []
+    for stop in request.stop:
+        transitions["normal"].append((stop, None))
+    if not any(transitions.values()):
+        return None
+    return TextStateMachine(transitions)
+
+
+def _parse_tool_calls(tokenizer: Any, seq: _Sequence, body: str) -> list[ToolCall] | None:
+    """mlx_lm's parser for this model family; None when it cannot parse the body (the caller
+    keeps it as content)."""
+    seq.tool_text = ""
+    try:
+        parsed = tokenizer.tool_parser(body, seq.tools)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        log.warning("could not parse a tool call; returning it as text")
+        return None
+    calls = []
+    for call in parsed if isinstance(parsed, list) else [parsed]:
+        arguments = call.get("arguments", {})
+        seq.tool_calls += 1
+        calls.append(
+            ToolCall(
+                id=f"call_{uuid.uuid4().hex[:24]}",
+                name=str(call.get("name", "")),
+                arguments=arguments if isinstance(arguments, str) else json.dumps(arguments),
+            )
+        )
+    return calls
 
 
 def _adapter_on_base(base: _LoadedModel, adapter_path: Path) -> tuple[Any, Any]:
@@ -511,6 +596,10 @@ def _prompt_tokens(tokenizer: Any, request: GenerationRequest) -> list[int]:
         if isinstance(request.prompt, list):
             return list(request.prompt)
         return list(tokenizer.encode(request.prompt or ""))
+    if request.tools and not tokenizer.has_tool_calling:
+        raise InvalidRequestError(
+            "This model's chat template does not support tools", param="tools"
+        )
     if tokenizer.has_chat_template and request.role_mapping is None:
         try:
             text = tokenizer.apply_chat_template(

@@ -4,6 +4,7 @@ Pure functions over plain data; the routes call them at the boundary."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Sequence
@@ -13,9 +14,9 @@ from typing import Any
 import msgspec
 
 from ..config import parse_duration
-from ..engine import Chunk, Finished, GenerationRequest, SamplingParams, TokenLogprob
+from ..engine import Chunk, Finished, GenerationRequest, SamplingParams, TokenLogprob, ToolCall
 from ..errors import InvalidRequestError
-from .schemas import ChatCompletionRequest, CompletionRequest
+from .schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
 
 SYSTEM_FINGERPRINT = "mlxrouter"
 
@@ -87,14 +88,7 @@ def chat_request(body: ChatCompletionRequest, *, default_max_tokens: int) -> Gen
         raise InvalidRequestError(
             "`response_format` other than text is not supported yet", param="response_format"
         )
-    if body.tools:
-        raise InvalidRequestError("Tool calling is not supported yet", param="tools")
-    messages: list[dict[str, Any]] = []
-    for message in body.messages:
-        item: dict[str, Any] = {"role": message.role, "content": _message_text(message.content)}
-        if message.name:
-            item["name"] = message.name
-        messages.append(item)
+    messages = [_template_message(message) for message in body.messages]
     top: int | None = None
     if body.logprobs is True:
         top = body.top_logprobs or 0
@@ -110,7 +104,54 @@ def chat_request(body: ChatCompletionRequest, *, default_max_tokens: int) -> Gen
         stop=_stop(body.stop),
         sampling=_sampling(body),
         logprobs=top,
+        tools=_tools(body.tools, body.tool_choice),
     )
+
+
+def _template_message(message: ChatMessage) -> dict[str, Any]:
+    """An OpenAI message as chat templates expect it. Tool-call arguments arrive as JSON
+    strings but templates render them with `tojson`, so they are decoded first."""
+    item: dict[str, Any] = {"role": message.role, "content": _message_text(message.content)}
+    if message.name:
+        item["name"] = message.name
+    if message.tool_call_id:
+        item["tool_call_id"] = message.tool_call_id
+    if message.tool_calls:
+        calls = []
+        for call in message.tool_calls:
+            try:
+                arguments = json.loads(call.function.arguments or "{}")
+            except ValueError:
+                raise InvalidRequestError(
+                    "tool call arguments must be a JSON object encoded as a string",
+                    param="messages",
+                ) from None
+            function = {"name": call.function.name, "arguments": arguments}
+            calls.append({"id": call.id, "type": call.type, "function": function})
+        item["tool_calls"] = calls
+    return item
+
+
+def _tools(
+    tools: list[dict[str, Any]] | None, choice: str | dict[str, Any] | None
+) -> list[dict[str, Any]] | None:
+    """The tools the template should offer: `none` offers none; a named function offers only
+    that one; `auto` and `required` offer all (decoding cannot force a call)."""
+    if not tools or choice == "none":
+        return None
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        chosen = [t for t in tools if (t.get("function") or {}).get("name") == name]
+        if not chosen:
+            raise InvalidRequestError(
+                f"`tool_choice` names `{name}`, which is not in `tools`", param="tool_choice"
+            )
+        return chosen
+    if choice not in (None, "auto", "required"):
+        raise InvalidRequestError(
+            "`tool_choice` must be none, auto, required or a named function", param="tool_choice"
+        )
+    return tools
 
 
 def completion_request(body: CompletionRequest, *, default_max_tokens: int) -> GenerationRequest:
@@ -205,14 +246,30 @@ def full_response(
 ) -> dict[str, Any]:
     text = "".join(c.text for c in chunks)
     items = [lp for c in chunks for lp in c.logprobs]
+    calls = [call for c in chunks for call in c.tool_calls]
     choice: dict[str, Any] = {"index": 0, "finish_reason": finished.finish_reason}
     if meta.kind == "chat":
-        choice["message"] = {"role": "assistant", "content": text}
+        choice["message"] = {"role": "assistant", "content": text or (None if calls else "")}
+        if calls:
+            choice["message"]["tool_calls"] = [tool_call(call) for call in calls]
         choice["logprobs"] = chat_logprobs(items) if logprobs else None
     else:
         choice["text"] = text
         choice["logprobs"] = text_logprobs(items) if logprobs else None
     return {**meta.envelope(chunk=False), "choices": [choice], "usage": usage(finished)}
+
+
+def tool_call(call: ToolCall, index: int | None = None) -> dict[str, Any]:
+    """OpenAI's tool_calls item; streamed ones carry their `index` in the list."""
+    item: dict[str, Any] = {} if index is None else {"index": index}
+    item.update(
+        {
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": call.arguments},
+        }
+    )
+    return item
 
 
 def sse(data: dict[str, Any]) -> bytes:
@@ -230,14 +287,17 @@ def chunk_event(
     finish_reason: str | None,
     first: bool = False,
     offset: int = 0,
+    tool_calls: Sequence[tuple[int, ToolCall]] = (),
 ) -> bytes:
     choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason}
     if meta.kind == "chat":
         delta: dict[str, Any] = {}
         if first:
             delta["role"] = "assistant"
-        if text is not None:
+        if text is not None and (text or not tool_calls):
             delta["content"] = text
+        if tool_calls:
+            delta["tool_calls"] = [tool_call(call, index) for index, call in tool_calls]
         choice["delta"] = delta
         choice["logprobs"] = chat_logprobs(logprobs) if logprobs is not None else None
     else:

@@ -133,14 +133,18 @@ async def _sse_events(
         try:
             yield convert.chunk_event(meta, text="", logprobs=None, finish_reason=None, first=True)
             offset = 0
+            calls = 0
             async for event in stream:
                 if isinstance(event, Chunk):
+                    numbered = [(calls + i, call) for i, call in enumerate(event.tool_calls)]
+                    calls += len(numbered)
                     yield convert.chunk_event(
                         meta,
                         text=event.text,
                         logprobs=event.logprobs if logprobs else None,
                         finish_reason=None,
                         offset=offset,
+                        tool_calls=numbered,
                     )
                     offset += len(event.text)
                 elif isinstance(event, Finished):
@@ -197,6 +201,11 @@ class _AccessLog:
 
 def _model_card(daemon: Daemon, model_id: str, entry: RegistryEntry) -> dict[str, Any]:
     found = entry.found
+    registry = daemon.registry
+    # An adapter answers like its base: its context, capabilities and quantisation are the base's.
+    model = (
+        registry.entries.get(entry.base or "", entry).found if entry.kind == "adapter" else found
+    )
     return {
         "id": model_id,
         "object": "model",
@@ -206,7 +215,10 @@ def _model_card(daemon: Daemon, model_id: str, entry: RegistryEntry) -> dict[str
         "kind": entry.kind,
         "base": entry.base,
         "loaded": daemon.pool.is_loaded(entry.id),
-        "context_length": found.context_length,
+        "context_length": model.context_length,
+        "max_model_len": model.context_length,  # the name vLLM-aware pickers read
+        "capabilities": list(model.capabilities),
+        "quantization_bits": model.quantization_bits,
         "size_bytes": found.size_bytes,
     }
 

@@ -1,0 +1,159 @@
+"""Tool calling and the request shapes IDE plugins send, end to end through the openai SDK.
+
+The model is built so greedy decoding emits a fixed `<tool_call>` text; the chat template,
+mlx_lm's tool parser and the HTTP path are the real ones."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from conftest import running_daemon
+from toolmodel import make_tool_model, tool_call_text
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[tuple[str, Any]]:
+    root = tmp_path_factory.mktemp("tool-models")
+    make_tool_model(root / "toolie")
+    config = f"hf_cache: false\nmodel_dirs: [{root}, {tiny_models}]\npool: {{max_models: 3}}\n"
+    with running_daemon(config) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def client(daemon: tuple[str, Any]) -> openai.OpenAI:
+    return openai.OpenAI(base_url=daemon[0] + "/v1", api_key="x", max_retries=0, timeout=60)
+
+
+def test_tool_call_is_parsed(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model="toolie", messages=ASK, tools=[WEATHER_TOOL], temperature=0, max_tokens=40  # type: ignore[list-item,arg-type]
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    calls = choice.message.tool_calls or []
+    assert len(calls) == 1
+    assert calls[0].type == "function"
+    assert calls[0].function.name == "get_weather"  # type: ignore[union-attr]
+    assert json.loads(calls[0].function.arguments) == {"city": "Paris"}  # type: ignore[union-attr]
+    assert calls[0].id.startswith("call_")
+
+
+def test_tool_call_is_streamed_as_delta_fragments(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="toolie", messages=ASK, tools=[WEATHER_TOOL], temperature=0, max_tokens=40, stream=True  # type: ignore[list-item,arg-type]
+    )
+    chunks = list(stream)
+    fragments = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
+    assert [f.index for f in fragments] == [0]
+    assert fragments[0].function.name == "get_weather"  # type: ignore[union-attr]
+    assert json.loads(fragments[0].function.arguments or "") == {"city": "Paris"}  # type: ignore[union-attr]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    assert "<tool_call>" not in "".join(c.choices[0].delta.content or "" for c in chunks)
+
+
+def test_follow_up_with_the_tool_result_is_accepted(client: openai.OpenAI) -> None:
+    first = client.chat.completions.create(
+        model="toolie", messages=ASK, tools=[WEATHER_TOOL], temperature=0, max_tokens=40  # type: ignore[list-item,arg-type]
+    )
+    call = (first.choices[0].message.tool_calls or [])[0]
+    history = [
+        *ASK,
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": call.id, "type": "function", "function": {"name": "get_weather", "arguments": call.function.arguments}}],  # type: ignore[union-attr]
+        },
+        {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21}'},
+    ]
+    follow_up = client.chat.completions.create(
+        model="toolie", messages=history, tools=[WEATHER_TOOL], temperature=0, max_tokens=40  # type: ignore[arg-type,list-item]
+    )
+    assert follow_up.choices[0].finish_reason in {"tool_calls", "stop", "length"}
+
+
+def test_tool_choice_none_offers_no_tools(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model="toolie", messages=ASK, tools=[WEATHER_TOOL], tool_choice="none", temperature=0, max_tokens=40  # type: ignore[list-item,arg-type]
+    )
+    # Without tools offered the text is not parsed: this model's fixed reply comes back as is.
+    assert reply.choices[0].message.content == tool_call_text()
+    assert reply.choices[0].finish_reason == "stop"
+
+
+def test_unknown_named_tool_choice_is_a_400(daemon: tuple[str, Any]) -> None:
+    body = {"model": "toolie", "messages": ASK, "tools": [WEATHER_TOOL], "tool_choice": {"type": "function", "function": {"name": "other"}}}
+    response = httpx.post(daemon[0] + "/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "tool_choice"
+
+
+def test_model_without_tool_support_refuses_tools(daemon: tuple[str, Any]) -> None:
+    body = {"model": "tiny-a", "messages": ASK, "tools": [WEATHER_TOOL]}
+    response = httpx.post(daemon[0] + "/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "tools"
+    assert "does not support tools" in response.json()["error"]["message"]
+
+
+def test_text_content_parts_are_accepted_and_images_refused(daemon: tuple[str, Any]) -> None:
+    parts = [{"type": "text", "text": "Hello "}, {"type": "text", "text": "there"}]
+    ok = httpx.post(
+        daemon[0] + "/v1/chat/completions",
+        json={"model": "tiny-a", "messages": [{"role": "user", "content": parts}], "max_tokens": 2},
+    )
+    assert ok.status_code == 200
+    image = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
+    refused = httpx.post(
+        daemon[0] + "/v1/chat/completions",
+        json={"model": "tiny-a", "messages": [{"role": "user", "content": image}]},
+    )
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "messages"
+
+
+def test_compatibility_aliases_and_harmless_fields(daemon: tuple[str, Any]) -> None:
+    body = {
+        "model": "tiny-a",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_completion_tokens": 3,
+        "user": "someone",
+        "parallel_tool_calls": False,
+        "metadata": {"k": "v"},
+        "store": False,
+    }
+    response = httpx.post(daemon[0] + "/chat/completions", json=body)
+    assert response.status_code == 200
+    assert response.json()["usage"]["completion_tokens"] == 3
+    text = httpx.post(daemon[0] + "/completions", json={"model": "tiny-a", "prompt": "Hi", "max_tokens": 2})
+    assert text.status_code == 200
+
+
+def test_models_carry_the_metadata_ide_pickers_read(daemon: tuple[str, Any]) -> None:
+    listing = httpx.get(daemon[0] + "/v1/models").json()
+    assert listing["object"] == "list"
+    cards = {m["id"]: m for m in listing["data"]}
+    assert cards["toolie"]["capabilities"] == ["chat", "completion", "tools"]
+    assert cards["tiny-a"]["capabilities"] == ["chat", "completion"]
+    assert cards["tiny-a"]["context_length"] == 256
+    assert cards["tiny-a"]["quantization_bits"] is None
+    assert cards["tiny-a"]["kind"] == "model" and cards["tiny-a"]["loaded"] in (True, False)
+    one = httpx.get(daemon[0] + "/v1/models/toolie").json()
+    assert one["capabilities"] == cards["toolie"]["capabilities"]
