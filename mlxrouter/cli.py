@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -51,15 +50,6 @@ def _load(args: argparse.Namespace) -> tuple[Config, Path | None]:
     return msgspec.structs.replace(config, **_overrides(args)), path
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,  # libraries imported earlier may have configured the root logger
-    )
-
-
 class _Progress:
     """A tqdm bar driven by (stage, fraction) callbacks, one pass of the bar per stage;
     quiet when stderr is not a terminal."""
@@ -94,10 +84,8 @@ def _with_progress(title: str, work: Callable[[Callable[[str, float], None]], Pa
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from .api import create_app
     from .demo import DEMO_MODEL_ID, ensure_demo_model
+    from .server import run, setup_logging
 
     config, path = _load(args)
     overrides = _overrides(args)
@@ -111,24 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if config.default_model is None:
             overrides["default_model"] = DEMO_MODEL_ID
             config = msgspec.structs.replace(config, default_model=DEMO_MODEL_ID)
-    log.info("config: %s", path or "none (built-in defaults)")
-    app = create_app(config, config_path=path, overrides=overrides)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.host,
-            port=config.port,
-            log_level=config.log_level.lower(),
-            access_log=False,  # mlxrouter logs one richer line per request itself
-            timeout_graceful_shutdown=30,
-        )
-    )
-    # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler that was
-    # installed before it ran: make that a no-op so a clean drain exits 0.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: None)
-    server.run()
-    return 0
+    return run(config, config_path=path, overrides=overrides)
 
 
 def _human_bytes(n: int) -> str:

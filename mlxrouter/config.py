@@ -62,6 +62,12 @@ class Config(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     log_level: str = "info"
     #: the largest completion a request gets when it names no max_tokens
     default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 2048
+    #: seconds SIGTERM/SIGINT lets requests in flight (streams included) finish
+    shutdown_grace: Seconds = 30.0
+    #: also log to a rotating file in the log folder (`mlxrouter paths`)
+    log_file: bool = True
+    #: log each request's prompt (off: prompts are private by default)
+    log_prompts: bool = False
 
     def hf_cache_dir(self) -> Path | None:
         if self.hf_cache is False:

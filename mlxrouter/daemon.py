@@ -21,6 +21,7 @@ import msgspec
 from .config import Config, load_config, parse_bytes, parse_duration
 from .engine import Engine, GenerationRequest, GenerationStream, LoadSpec
 from .errors import ConfigError, InvalidRequestError, ModelNotFoundError, ShuttingDownError
+from .metrics import Metrics
 from .pool import Lease, LeaseRequest, Pool, PoolLimits
 from .registry import Registry, RegistryDiff, RegistryEntry, build_registry, diff_registries
 from .watcher import WatchSet, watch_changes
@@ -117,6 +118,7 @@ class Daemon:
         self.registry = registry if registry is not None else build_registry(config)
         self.engine = Engine()
         self.pool = Pool(self.engine, pool_limits(config))
+        self.metrics = Metrics(self.pool)
         self.config_error: str | None = None
         self.draining = False
         self.rebuilds = 0
@@ -224,6 +226,11 @@ class Daemon:
         if self.watch_set() != old_watch:
             self._restart_watch.set()
         return diff
+
+    def busy(self) -> bool:
+        """Requests in flight, waiting for room, or a load under way (the drain waits)."""
+        entries = self.pool.entries()
+        return self.pool.queue_depth > 0 or any(e.in_flight or not e.loaded for e in entries)
 
     def health(self) -> tuple[bool, list[str]]:
         reasons = [f"config error: {self.config_error}"] if self.config_error else []

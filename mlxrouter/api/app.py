@@ -55,15 +55,13 @@ def create_app(
 ) -> Litestar:
     """Build the app. With no `daemon`, one is made from `config` (scanning the registry),
     reloading `config_path` when it changes and keeping the command line's `overrides`."""
-    owned = daemon is None
     the_daemon = daemon or Daemon(config, config_path=config_path, overrides=overrides, watch=watch)
 
     async def on_startup() -> None:
         await the_daemon.start()
 
     async def on_shutdown() -> None:
-        if owned:
-            await the_daemon.stop()
+        await the_daemon.stop()
 
     return Litestar(
         route_handlers=ROUTES,
@@ -74,5 +72,6 @@ def create_app(
         on_shutdown=[on_shutdown],
         openapi_config=OpenAPIConfig(title="mlxrouter", version=__version__, path="/schema"),
         request_max_body_size=8 * 1024 * 1024,
+        logging_config=None,  # logging is the process owner's business (server.setup_logging)
         debug=False,
     )

@@ -20,11 +20,14 @@ from litestar.datastructures import State
 from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
-from ..daemon import Daemon, Target
+from ..daemon import Daemon
 from ..engine import Chunk, Finished, GenerationRequest, GenerationStream
-from ..errors import EngineError
+from ..errors import EngineError, MlxRouterError
+from ..metrics import CONTENT_TYPE
+from ..pool import Lease
 from ..registry import RegistryEntry
 from . import convert
+from .errors import status_of
 from .schemas import AdminModelRequest, ChatCompletionRequest, CompletionRequest
 
 log = logging.getLogger("mlxrouter.access")
@@ -68,32 +71,35 @@ async def _complete(
     *,
     logprobs: bool,
 ) -> Response[Any] | Stream:
-    started = time.perf_counter()
-    target = daemon.target(body.model, body.adapters)
-    keep_alive = convert.keep_alive_seconds(body.keep_alive)
-    meta = convert.ResponseMeta(kind=kind, model=target.requested)
+    record = _RequestRecord(daemon, kind, body.model or "-")
     stack = AsyncExitStack()
     try:
+        target = daemon.target(body.model, body.adapters)
+        record.model = target.requested
+        record.log_prompt(generation)
+        keep_alive = convert.keep_alive_seconds(body.keep_alive)
         lease = await stack.enter_async_context(daemon.lease(target, keep_alive=keep_alive))
+        record.leased(lease)
         stream = await daemon.generate(lease, generation)
         stack.callback(stream.cancel)
         await stream.next_event()  # Started: the prompt was accepted
-    except BaseException:
+    except BaseException as exc:
         await stack.aclose()
+        record.done(status_of(exc) if isinstance(exc, MlxRouterError) else 500, None)
         raise
-    access = _AccessLog(target, kind, started, lease.loaded_now)
+    meta = convert.ResponseMeta(kind=kind, model=target.requested)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events = _sse_events(stack, stream, meta, access, logprobs=logprobs, usage=include_usage)
+        events = _sse_events(stack, stream, meta, record, logprobs=logprobs, usage=include_usage)
         return Stream(events, media_type="text/event-stream", headers=SSE_HEADERS)
     async with stack:
-        chunks, finished = await _collect(request, stream)
-    access.done(200, finished)
+        chunks, finished = await _collect(request, stream, record)
+    record.done(200, finished)
     return Response(convert.full_response(meta, chunks, finished, logprobs=logprobs))
 
 
 async def _collect(
-    request: Request[Any, Any, Any], stream: GenerationStream
+    request: Request[Any, Any, Any], stream: GenerationStream, record: _RequestRecord
 ) -> tuple[list[Chunk], Finished]:
     """Gather a whole answer; if the client disconnects meanwhile, stop generating."""
     watcher = asyncio.create_task(_cancel_on_disconnect(request, stream))
@@ -101,6 +107,7 @@ async def _collect(
         chunks: list[Chunk] = []
         async for event in stream:
             if isinstance(event, Chunk):
+                record.first_token()
                 chunks.append(event)
             elif isinstance(event, Finished):
                 return chunks, event
@@ -122,7 +129,7 @@ async def _sse_events(
     stack: AsyncExitStack,
     stream: GenerationStream,
     meta: convert.ResponseMeta,
-    access: _AccessLog,
+    record: _RequestRecord,
     *,
     logprobs: bool,
     usage: bool,
@@ -136,6 +143,7 @@ async def _sse_events(
             calls = 0
             async for event in stream:
                 if isinstance(event, Chunk):
+                    record.first_token()
                     numbered = [(calls + i, call) for i, call in enumerate(event.tool_calls)]
                     calls += len(numbered)
                     yield convert.chunk_event(
@@ -155,7 +163,7 @@ async def _sse_events(
                         yield convert.usage_event(meta, event)
                     yield convert.SSE_DONE
                     status = 200
-                    access.done(status, event)
+                    record.done(status, event)
         except EngineError as exc:
             # Headers are gone already: report the error in-band, as OpenAI does.
             status = 500
@@ -171,24 +179,49 @@ async def _sse_events(
             )
         finally:
             if status != 200:
-                access.done(status, None)
+                record.done(status, None)
 
 
-class _AccessLog:
-    """One line per request: model, status, tokens, latency, and whether it waited on a load."""
+class _RequestRecord:
+    """One request's log line (model, status, tokens, latency, whether it waited on a load)
+    and its metrics. Prompts are logged only when `log_prompts` is on."""
 
-    def __init__(self, target: Target, kind: str, started: float, loaded_now: bool) -> None:
-        self.target = target
+    def __init__(self, daemon: Daemon, kind: str, model: str) -> None:
+        self.daemon = daemon
+        self.metrics = daemon.metrics
         self.kind = kind
-        self.started = started
-        self.loaded_now = loaded_now
+        self.model = model
+        self.started = time.perf_counter()
+        self.loaded_now = False
+        self._first_token_seen = False
+
+    def log_prompt(self, generation: GenerationRequest) -> None:
+        if self.daemon.config.log_prompts:
+            prompt = generation.messages if generation.messages is not None else generation.prompt
+            log.info("%s model=%s prompt=%r", self.kind, self.model, prompt)
+
+    def leased(self, lease: Lease) -> None:
+        self.loaded_now = lease.loaded_now
+        if lease.loaded_now:
+            self.metrics.loads.labels(lease.key).inc()
+            self.metrics.load_seconds.observe(lease.info.load_seconds)
+
+    def first_token(self) -> None:
+        if not self._first_token_seen:
+            self._first_token_seen = True
+            elapsed = time.perf_counter() - self.started
+            self.metrics.time_to_first_token.labels(self.model).observe(elapsed)
 
     def done(self, status: int, finished: Finished | None) -> None:
+        self.metrics.requests.labels(self.model, str(status)).inc()
+        if finished is not None:
+            self.metrics.prompt_tokens.labels(self.model).inc(finished.prompt_tokens)
+            self.metrics.completion_tokens.labels(self.model).inc(finished.completion_tokens)
         tokens = f"{finished.prompt_tokens}+{finished.completion_tokens}" if finished else "-"
         log.info(
             "%s model=%s status=%d tokens=%s latency=%.3fs load=%s",
             self.kind,
-            self.target.requested,
+            self.model,
             status,
             tokens,
             time.perf_counter() - self.started,
@@ -239,6 +272,12 @@ async def get_model(state: State, model_id: FromPath[str]) -> dict[str, Any]:
     return _model_card(daemon, name, daemon.registry.resolve(name))
 
 
+@get("/metrics", media_type=CONTENT_TYPE)
+async def metrics(state: State) -> bytes:
+    """Prometheus text format."""
+    return _daemon(state).metrics.render()
+
+
 @get("/health")
 async def health(state: State) -> Response[dict[str, Any]]:
     daemon = _daemon(state)
@@ -280,6 +319,7 @@ ROUTES = [
     list_models,
     get_model,
     health,
+    metrics,
     admin_pool,
     admin_load,
     admin_unload,

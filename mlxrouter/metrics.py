@@ -1,0 +1,84 @@
+"""Prometheus metrics: counters the routes update as requests are served, and gauges read
+from the pool at scrape time. Each app has its own registry, so several apps (tests) can
+live in one process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from .pool import Pool
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _PoolCollector(Collector):
+    """Read the pool's own numbers when scraped, instead of mirroring them on every change."""
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        pool = self._pool
+        entries = pool.entries()
+        loaded = GaugeMetricFamily(
+            "mlxrouter_loaded_bytes", "Bytes held by loaded entries", labels=["model"]
+        )
+        for entry in entries:
+            loaded.add_metric([entry.key], entry.nbytes)
+        yield loaded
+        yield GaugeMetricFamily("mlxrouter_loaded_models", "Loaded entries", value=len(entries))
+        yield GaugeMetricFamily(
+            "mlxrouter_requests_in_flight",
+            "Requests holding a lease",
+            value=sum(e.in_flight for e in entries),
+        )
+        yield GaugeMetricFamily(
+            "mlxrouter_queue_depth", "Requests waiting for room in the pool", value=pool.queue_depth
+        )
+        yield CounterMetricFamily(
+            "mlxrouter_evictions", "Entries evicted to make room", value=pool.evictions
+        )
+
+
+class Metrics:
+    def __init__(self, pool: Pool) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "mlxrouter_requests",
+            "Completed requests by model and HTTP status",
+            ["model", "status"],
+            registry=self.registry,
+        )
+        self.prompt_tokens = Counter(
+            "mlxrouter_prompt_tokens", "Prompt tokens processed", ["model"], registry=self.registry
+        )
+        self.completion_tokens = Counter(
+            "mlxrouter_completion_tokens", "Tokens generated", ["model"], registry=self.registry
+        )
+        self.time_to_first_token = Histogram(
+            "mlxrouter_time_to_first_token_seconds",
+            "From request arrival to the first generated text",
+            ["model"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=self.registry,
+        )
+        self.loads = Counter(
+            "mlxrouter_model_loads", "Model and adapter loads", ["model"], registry=self.registry
+        )
+        self.load_seconds = Histogram(
+            "mlxrouter_model_load_seconds",
+            "Time to load a model or adapter",
+            buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=self.registry,
+        )
+        self.registry.register(_PoolCollector(pool))
+
+    def render(self) -> bytes:
+        data: bytes = generate_latest(self.registry)
+        return data
