@@ -21,14 +21,20 @@ WEATHER_TOOL = {
     "function": {
         "name": "get_weather",
         "description": "Current weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
     },
 }
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
 @pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[tuple[str, Any]]:
+def daemon(
+    tmp_path_factory: pytest.TempPathFactory, tiny_models: Path
+) -> Iterator[tuple[str, Any]]:
     root = tmp_path_factory.mktemp("tool-models")
     make_tool_model(root / "toolie")
     config = f"hf_cache: false\nmodel_dirs: [{root}, {tiny_models}]\npool: {{max_models: 3}}\n"
@@ -43,7 +49,11 @@ def client(daemon: tuple[str, Any]) -> openai.OpenAI:
 
 def test_tool_call_is_parsed(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(
-        model="toolie", messages=ASK, tools=[WEATHER_TOOL], temperature=0, max_tokens=40  # type: ignore[list-item,arg-type]
+        model="toolie",
+        messages=ASK,
+        tools=[WEATHER_TOOL],
+        temperature=0,
+        max_tokens=40,  # type: ignore[list-item,arg-type]
     )
     choice = reply.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -58,7 +68,12 @@ def test_tool_call_is_parsed(client: openai.OpenAI) -> None:
 
 def test_tool_call_is_streamed_as_delta_fragments(client: openai.OpenAI) -> None:
     stream = client.chat.completions.create(
-        model="toolie", messages=ASK, tools=[WEATHER_TOOL], temperature=0, max_tokens=40, stream=True  # type: ignore[list-item,arg-type]
+        model="toolie",
+        messages=ASK,
+        tools=[WEATHER_TOOL],
+        temperature=0,
+        max_tokens=40,
+        stream=True,  # type: ignore[list-item,arg-type]
     )
     chunks = list(stream)
     fragments = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
@@ -71,7 +86,11 @@ def test_tool_call_is_streamed_as_delta_fragments(client: openai.OpenAI) -> None
 
 def test_follow_up_with_the_tool_result_is_accepted(client: openai.OpenAI) -> None:
     first = client.chat.completions.create(
-        model="toolie", messages=ASK, tools=[WEATHER_TOOL], temperature=0, max_tokens=40  # type: ignore[list-item,arg-type]
+        model="toolie",
+        messages=ASK,
+        tools=[WEATHER_TOOL],
+        temperature=0,
+        max_tokens=40,  # type: ignore[list-item,arg-type]
     )
     call = (first.choices[0].message.tool_calls or [])[0]
     history = [
@@ -79,19 +98,34 @@ def test_follow_up_with_the_tool_result_is_accepted(client: openai.OpenAI) -> No
         {
             "role": "assistant",
             "content": None,
-            "tool_calls": [{"id": call.id, "type": "function", "function": {"name": "get_weather", "arguments": call.function.arguments}}],  # type: ignore[union-attr]
+            "tool_calls": [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": call.function.arguments},
+                }
+            ],  # type: ignore[union-attr]
         },
         {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21}'},
     ]
     follow_up = client.chat.completions.create(
-        model="toolie", messages=history, tools=[WEATHER_TOOL], temperature=0, max_tokens=40  # type: ignore[arg-type,list-item]
+        model="toolie",
+        messages=history,
+        tools=[WEATHER_TOOL],
+        temperature=0,
+        max_tokens=40,  # type: ignore[arg-type,list-item]
     )
     assert follow_up.choices[0].finish_reason in {"tool_calls", "stop", "length"}
 
 
 def test_tool_choice_none_offers_no_tools(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(
-        model="toolie", messages=ASK, tools=[WEATHER_TOOL], tool_choice="none", temperature=0, max_tokens=40  # type: ignore[list-item,arg-type]
+        model="toolie",
+        messages=ASK,
+        tools=[WEATHER_TOOL],
+        tool_choice="none",
+        temperature=0,
+        max_tokens=40,  # type: ignore[list-item,arg-type]
     )
     # Without tools offered the text is not parsed: this model's fixed reply comes back as is.
     assert reply.choices[0].message.content == tool_call_text()
@@ -99,7 +133,12 @@ def test_tool_choice_none_offers_no_tools(client: openai.OpenAI) -> None:
 
 
 def test_unknown_named_tool_choice_is_a_400(daemon: tuple[str, Any]) -> None:
-    body = {"model": "toolie", "messages": ASK, "tools": [WEATHER_TOOL], "tool_choice": {"type": "function", "function": {"name": "other"}}}
+    body = {
+        "model": "toolie",
+        "messages": ASK,
+        "tools": [WEATHER_TOOL],
+        "tool_choice": {"type": "function", "function": {"name": "other"}},
+    }
     response = httpx.post(daemon[0] + "/v1/chat/completions", json=body)
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "tool_choice"
@@ -142,7 +181,9 @@ def test_compatibility_aliases_and_harmless_fields(daemon: tuple[str, Any]) -> N
     response = httpx.post(daemon[0] + "/chat/completions", json=body)
     assert response.status_code == 200
     assert response.json()["usage"]["completion_tokens"] == 3
-    text = httpx.post(daemon[0] + "/completions", json={"model": "tiny-a", "prompt": "Hi", "max_tokens": 2})
+    text = httpx.post(
+        daemon[0] + "/completions", json={"model": "tiny-a", "prompt": "Hi", "max_tokens": 2}
+    )
     assert text.status_code == 200
 
 
