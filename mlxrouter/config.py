@@ -62,6 +62,14 @@ class Config(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     log_level: str = "info"
     #: the largest completion a request gets when it names no max_tokens
     default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 2048
+    #: Host header names accepted besides loopback ones ("*" accepts any: not advised)
+    allowed_hosts: list[str] = msgspec.field(default_factory=list)
+    #: browser origins allowed by CORS (none by default)
+    cors_origins: list[str] = msgspec.field(default_factory=list)
+    #: largest request body; larger ones get 413 before the body is read
+    max_request_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 16 * 1024 * 1024
+    #: seconds a client may stop reading a response before it is cut off
+    write_timeout: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     #: seconds SIGTERM/SIGINT lets requests in flight (streams included) finish
     shutdown_grace: Seconds = 30.0
     #: also log to a rotating file in the log folder (`mlxrouter paths`)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.exceptions import NotAuthorizedException
@@ -21,6 +22,7 @@ from .. import __version__
 from ..config import Config
 from ..daemon import Daemon
 from .errors import EXCEPTION_HANDLERS
+from .guards import host_allowlist, write_timeout
 from .routes import ROUTES
 
 log = logging.getLogger(__name__)
@@ -63,15 +65,22 @@ def create_app(
     async def on_shutdown() -> None:
         await the_daemon.stop()
 
+    listening = [] if config.host in ("0.0.0.0", "::", "") else [config.host]  # noqa: S104
+    cors = CORSConfig(allow_origins=config.cors_origins) if config.cors_origins else None
     return Litestar(
         route_handlers=ROUTES,
+        middleware=[
+            host_allowlist([*listening, *config.allowed_hosts]),
+            write_timeout(config.write_timeout),
+        ],
+        cors_config=cors,
         state=State({"daemon": the_daemon}),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         guards=[_api_key_guard(config.api_key or os.environ.get("MLXROUTER_API_KEY"))],
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],
         openapi_config=OpenAPIConfig(title="mlxrouter", version=__version__, path="/schema"),
-        request_max_body_size=8 * 1024 * 1024,
+        request_max_body_size=config.max_request_bytes,
         logging_config=None,  # logging is the process owner's business (server.setup_logging)
         debug=False,
     )

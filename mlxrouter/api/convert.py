@@ -88,6 +88,11 @@ def chat_request(body: ChatCompletionRequest, *, default_max_tokens: int) -> Gen
         raise InvalidRequestError(
             "`response_format` other than text is not supported yet", param="response_format"
         )
+    if body.chat_template is not None:
+        raise InvalidRequestError(
+            "A request cannot supply its own chat template; the model's is used",
+            param="chat_template",
+        )
     messages = [_template_message(message) for message in body.messages]
     top: int | None = None
     if body.logprobs is True:

@@ -91,13 +91,7 @@ def handle_validation_error(
     extra = exc.extra if isinstance(exc.extra, list) else []
     for item in extra:
         if isinstance(item, dict) and item.get("message"):
-            text = str(item["message"])
-            param = str(item.get("key") or "") or None
-            match = _AT.search(text)
-            if match:
-                param = param or match.group(1) or None
-                text = text[: match.start()]
-            message = f"Invalid `{param}`: {text}" if param else text
+            message, param = _describe_invalid(str(item["message"]), str(item.get("key") or ""))
             break
     else:
         detail = str(exc.detail or "")
@@ -106,6 +100,26 @@ def handle_validation_error(
     return error_response(
         400, message, type_="invalid_request_error", param=param, code="invalid_value"
     )
+
+
+_MISSING = re.compile(r"missing required field `([^`]+)`")
+
+
+def _describe_invalid(text: str, key: str) -> tuple[str, str | None]:
+    """msgspec's message and Litestar's key -> (message, OpenAI `param`)."""
+    where = ""
+    match = _AT.search(text)
+    if match:
+        where = match.group(1)
+        text = text[: match.start()]
+    if not where and key not in ("", "data"):
+        where = key
+    missing = _MISSING.search(text)
+    if missing:  # the field that is missing, not the object it is missing from
+        where = f"{where}.{missing.group(1)}" if where else missing.group(1)
+    param = where
+    param = param.replace("[...]", "")  # a mapping's key: name the mapping
+    return (f"Invalid `{param}`: {text}" if param else text), (param or None)
 
 
 def handle_http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorResponse]:

@@ -90,6 +90,8 @@ class ChatCompletionRequest(_SamplingFields, kw_only=True):
     tool_choice: str | dict[str, Any] | None = None
     # --- extension: mlx_lm.server's prompt layout for models without a chat template ---
     role_mapping: dict[str, str] | None = None
+    #: refused when present: a template is code the server would run for the client
+    chat_template: str | None = None
 
 
 class CompletionRequest(_SamplingFields, kw_only=True):

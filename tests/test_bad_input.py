@@ -1,0 +1,343 @@
+"""The bad-input suite: every case gets the right status and one OpenAI error envelope, no
+traceback and no filesystem path; afterwards the daemon still serves and no lease is held."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from conftest import running_daemon
+
+OK_MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def chat(**fields: Any) -> dict[str, Any]:
+    return {"model": "tiny-a", "messages": OK_MESSAGES, "max_tokens": 2, **fields}
+
+
+def text(**fields: Any) -> dict[str, Any]:
+    return {"model": "tiny-a", "prompt": "hi", "max_tokens": 2, **fields}
+
+
+# (name, method, path, body or raw bytes, expected status, expected param or None)
+CASES: list[tuple[str, str, str, Any, int, str | None]] = [
+    ("unknown model", "POST", "/v1/chat/completions", chat(model="nope"), 404, "model"),
+    (
+        "absolute path as model",
+        "POST",
+        "/v1/chat/completions",
+        chat(model="/etc/passwd"),
+        404,
+        "model",
+    ),
+    (
+        "relative path as model",
+        "POST",
+        "/v1/chat/completions",
+        chat(model="../tiny-a"),
+        404,
+        "model",
+    ),
+    ("home path as model", "POST", "/v1/chat/completions", chat(model="~/tiny-a"), 404, "model"),
+    (
+        "url-encoded path as model",
+        "POST",
+        "/v1/chat/completions",
+        chat(model="..%2Ftiny-a"),
+        404,
+        "model",
+    ),
+    ("NUL byte in model", "POST", "/v1/chat/completions", chat(model="tiny-a\x00"), 404, "model"),
+    (
+        "hub repo as model",
+        "POST",
+        "/v1/chat/completions",
+        chat(model="mlx-community/Llama-3.2-1B-Instruct-4bit"),
+        404,
+        "model",
+    ),
+    ("model not a string", "POST", "/v1/chat/completions", chat(model=5), 400, "model"),
+    ("no messages", "POST", "/v1/chat/completions", {"model": "tiny-a"}, 400, "messages"),
+    ("empty messages", "POST", "/v1/chat/completions", chat(messages=[]), 400, "messages"),
+    ("messages not a list", "POST", "/v1/chat/completions", chat(messages="hi"), 400, "messages"),
+    (
+        "unknown role",
+        "POST",
+        "/v1/chat/completions",
+        chat(messages=[{"role": "wizard", "content": "x"}]),
+        400,
+        "messages[0].role",
+    ),
+    (
+        "message without role",
+        "POST",
+        "/v1/chat/completions",
+        chat(messages=[{"content": "x"}]),
+        400,
+        "messages[0].role",
+    ),
+    (
+        "image content part",
+        "POST",
+        "/v1/chat/completions",
+        chat(messages=[{"role": "user", "content": [{"type": "image_url"}]}]),
+        400,
+        "messages",
+    ),
+    (
+        "temperature above 2",
+        "POST",
+        "/v1/chat/completions",
+        chat(temperature=2.5),
+        400,
+        "temperature",
+    ),
+    (
+        "negative temperature",
+        "POST",
+        "/v1/chat/completions",
+        chat(temperature=-0.1),
+        400,
+        "temperature",
+    ),
+    (
+        "temperature a string",
+        "POST",
+        "/v1/chat/completions",
+        chat(temperature="hot"),
+        400,
+        "temperature",
+    ),
+    ("top_p above 1", "POST", "/v1/chat/completions", chat(top_p=1.5), 400, "top_p"),
+    ("negative top_p", "POST", "/v1/chat/completions", chat(top_p=-1), 400, "top_p"),
+    ("min_p above 1", "POST", "/v1/chat/completions", chat(min_p=2), 400, "min_p"),
+    ("negative top_k", "POST", "/v1/chat/completions", chat(top_k=-1), 400, "top_k"),
+    ("zero max_tokens", "POST", "/v1/chat/completions", chat(max_tokens=0), 400, "max_tokens"),
+    ("negative max_tokens", "POST", "/v1/chat/completions", chat(max_tokens=-5), 400, "max_tokens"),
+    (
+        "max_tokens beyond context",
+        "POST",
+        "/v1/chat/completions",
+        chat(max_tokens=100000),
+        400,
+        "max_tokens",
+    ),
+    (
+        "zero max_completion_tokens",
+        "POST",
+        "/v1/chat/completions",
+        chat(max_completion_tokens=0),
+        400,
+        "max_completion_tokens",
+    ),
+    ("n of 2", "POST", "/v1/chat/completions", chat(n=2), 400, "n"),
+    ("n of 0", "POST", "/v1/chat/completions", chat(n=0), 400, "n"),
+    (
+        "logprobs integer above 10",
+        "POST",
+        "/v1/chat/completions",
+        chat(logprobs=11),
+        400,
+        "logprobs",
+    ),
+    (
+        "top_logprobs above 20",
+        "POST",
+        "/v1/chat/completions",
+        chat(logprobs=True, top_logprobs=21),
+        400,
+        "top_logprobs",
+    ),
+    (
+        "top_logprobs without logprobs",
+        "POST",
+        "/v1/chat/completions",
+        chat(top_logprobs=3),
+        400,
+        "top_logprobs",
+    ),
+    ("too many stop strings", "POST", "/v1/chat/completions", chat(stop=["x"] * 17), 400, "stop"),
+    ("stop string too long", "POST", "/v1/chat/completions", chat(stop="x" * 300), 400, "stop"),
+    (
+        "logit_bias key not an id",
+        "POST",
+        "/v1/chat/completions",
+        chat(logit_bias={"abc": 1}),
+        400,
+        "logit_bias",
+    ),
+    (
+        "logit_bias id outside vocabulary",
+        "POST",
+        "/v1/chat/completions",
+        chat(logit_bias={"99999": 1}),
+        400,
+        "logit_bias",
+    ),
+    (
+        "logit_bias value out of range",
+        "POST",
+        "/v1/chat/completions",
+        chat(logit_bias={"1": 500}),
+        400,
+        "logit_bias",
+    ),
+    (
+        "oversized logit_bias",
+        "POST",
+        "/v1/chat/completions",
+        chat(logit_bias={str(i): 1 for i in range(1100)}),
+        400,
+        "logit_bias",
+    ),
+    (
+        "prompt longer than context",
+        "POST",
+        "/v1/chat/completions",
+        chat(messages=[{"role": "user", "content": "x " * 600}]),
+        400,
+        "messages",
+    ),
+    (
+        "request-supplied chat template",
+        "POST",
+        "/v1/chat/completions",
+        chat(chat_template="{{ messages }}"),
+        400,
+        "chat_template",
+    ),
+    (
+        "json_schema response_format",
+        "POST",
+        "/v1/chat/completions",
+        chat(response_format={"type": "json_schema"}),
+        400,
+        "response_format",
+    ),
+    (
+        "tools on a model without tool support",
+        "POST",
+        "/v1/chat/completions",
+        chat(tools=[{"type": "function", "function": {"name": "f"}}]),
+        400,
+        "tools",
+    ),
+    (
+        "bad tool_choice",
+        "POST",
+        "/v1/chat/completions",
+        chat(tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="sometimes"),
+        400,
+        "tool_choice",
+    ),
+    (
+        "adapter that is not one",
+        "POST",
+        "/v1/chat/completions",
+        chat(adapters="tiny-b"),
+        400,
+        "adapters",
+    ),
+    ("unknown adapter", "POST", "/v1/chat/completions", chat(adapters="nope"), 404, "adapters"),
+    (
+        "bad keep_alive",
+        "POST",
+        "/v1/chat/completions",
+        chat(keep_alive="whenever"),
+        400,
+        "keep_alive",
+    ),
+    ("malformed JSON", "POST", "/v1/chat/completions", b"{not json", 400, None),
+    ("JSON array body", "POST", "/v1/chat/completions", b"[1, 2]", 400, None),
+    ("empty body", "POST", "/v1/chat/completions", b"", 400, None),
+    ("prompt missing", "POST", "/v1/completions", {"model": "tiny-a"}, 400, "prompt"),
+    ("empty prompt", "POST", "/v1/completions", text(prompt=""), 400, "prompt"),
+    (
+        "token ids outside vocabulary",
+        "POST",
+        "/v1/completions",
+        text(prompt=[1, 2, 999999]),
+        400,
+        "prompt",
+    ),
+    ("negative token id", "POST", "/v1/completions", text(prompt=[-1]), 400, "prompt"),
+    ("completion logprobs above 10", "POST", "/v1/completions", text(logprobs=11), 400, "logprobs"),
+    ("echo unsupported", "POST", "/v1/completions", text(echo=True), 400, "echo"),
+    ("unknown model id in path", "GET", "/v1/models/nope", None, 404, "model"),
+    (
+        "path traversal in model path",
+        "GET",
+        "/v1/models/..%2F..%2Fetc%2Fpasswd",
+        None,
+        404,
+        "model",
+    ),
+    ("unknown route", "GET", "/v2/everything", None, 404, None),
+    ("wrong method", "DELETE", "/v1/models", None, 405, None),
+    ("GET on a POST route", "GET", "/v1/completions", None, 405, None),
+    ("admin load unknown", "POST", "/admin/load", {"model": "nope"}, 404, "model"),
+    ("admin load missing field", "POST", "/admin/load", {}, 400, "model"),
+]
+
+
+@pytest.fixture(scope="module")
+def daemon(tiny_models: Path) -> Iterator[tuple[str, Any]]:
+    with running_daemon(f"hf_cache: false\nmodel_dirs: [{tiny_models}]\n") as served:
+        yield served
+
+
+def test_the_suite_has_at_least_forty_cases() -> None:
+    assert len(CASES) >= 40
+
+
+@pytest.mark.parametrize(
+    ("name", "method", "path", "body", "status", "param"), CASES, ids=[c[0] for c in CASES]
+)
+def test_bad_input(
+    daemon: tuple[str, Any],
+    tiny_models: Path,
+    name: str,
+    method: str,
+    path: str,
+    body: Any,
+    status: int,
+    param: str | None,
+) -> None:
+    url, app = daemon
+    with httpx.Client(base_url=url, timeout=30) as client:
+        if isinstance(body, bytes):
+            response = client.request(
+                method, path, content=body, headers={"content-type": "application/json"}
+            )
+        else:
+            response = client.request(method, path, json=body)
+        assert response.status_code == status, response.text
+        error = response.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert isinstance(error["message"], str) and error["message"]
+        if param is not None:
+            assert error["param"] == param
+        assert "Traceback" not in response.text
+        assert str(tiny_models) not in response.text and "/tmp" not in response.text
+        # Still serving, nothing left in flight.
+        assert client.get("/v1/models").status_code == 200
+    assert all(e.in_flight == 0 for e in app.state.daemon.pool.entries())
+
+
+def test_sdk_sees_typed_errors(daemon: tuple[str, Any]) -> None:
+    client = openai.OpenAI(base_url=daemon[0] + "/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=OK_MESSAGES)  # type: ignore[arg-type]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="tiny-a", messages=OK_MESSAGES, temperature=9)  # type: ignore[arg-type]
+    assert info.value.body["param"] == "temperature"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="tiny-a", prompt="x " * 600)
+    assert info.value.code == "context_length_exceeded"
+    assert client.chat.completions.create(
+        model="tiny-a", messages=OK_MESSAGES, max_tokens=2
+    ).choices  # type: ignore[arg-type]
