@@ -34,6 +34,9 @@ class PoolConfig(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True)
     queue_timeout: Seconds = 30.0
     #: requests that may wait for room at once; more are refused at once with 503
     max_queue: Annotated[int, msgspec.Meta(ge=0)] = 64
+    #: KV caches kept per loaded entry so follow-up turns reuse their prefix; counted in
+    #: max_memory for every entry; 0 turns prefix reuse off
+    prompt_cache_bytes: str | int = "256MiB"
 
 
 class ModelEntryConfig(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -133,6 +136,7 @@ def _check_values(config: Config) -> None:
     checks: list[tuple[str, Any, Any]] = [
         ("pool.max_memory", config.pool.max_memory, lambda v: parse_bytes(v, total_memory=1)),
         ("pool.idle_ttl", config.pool.idle_ttl, parse_duration),
+        ("pool.prompt_cache_bytes", config.pool.prompt_cache_bytes, parse_bytes),
     ]
     for model_id, entry in config.models.items():
         checks.append((f"models.{model_id}.ttl", entry.ttl, parse_duration))

@@ -47,6 +47,7 @@ def pool_limits(config: Config) -> PoolLimits:
         idle_ttl=parse_duration(pool.idle_ttl),
         queue_timeout=pool.queue_timeout,
         max_queue=pool.max_queue,
+        entry_overhead=parse_bytes(pool.prompt_cache_bytes),
     )
 
 
@@ -116,7 +117,7 @@ class Daemon:
         self.config = config
         self.config_path = config_path
         self.registry = registry if registry is not None else build_registry(config)
-        self.engine = Engine()
+        self.engine = Engine(prompt_cache_bytes=parse_bytes(config.pool.prompt_cache_bytes))
         self.pool = Pool(self.engine, pool_limits(config))
         self.metrics = Metrics(self.pool)
         self.config_error: str | None = None

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import mlx.core as mx
 from mlx_lm import load as mlx_load
 from mlx_lm.generate import BatchGenerator, TextStateMachine, make_stop_sequences
+from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import (
     apply_min_p,
     apply_top_k,
@@ -138,9 +139,11 @@ class Chunk:
 
 @dataclass(frozen=True, slots=True)
 class Finished:
-    finish_reason: str  # "stop" or "length"
+    finish_reason: str  # "stop", "length" or "tool_calls"
     prompt_tokens: int
     completion_tokens: int
+    #: prompt tokens whose KV cache came from an earlier request (prefix reuse)
+    cached_tokens: int = 0
 
 
 Event = Started | Chunk | Finished
@@ -198,6 +201,7 @@ class _Sequence:
     prompt_tokens: int
     top_logprobs: int | None
     tools: list[dict[str, Any]] | None = None
+    cached_tokens: int = 0
     completion_tokens: int = 0
     tool_text: str = ""  # the body of the tool call being generated
     tool_calls: int = 0
@@ -211,6 +215,7 @@ class _LoadedModel:
     model: Any
     tokenizer: Any
     info: ModelInfo
+    prompt_cache: Any  # mlx_lm LRUPromptCache: finished sequences' KV caches by token prefix
     batch: Any = None  # BatchGenerator, made on first use
     sequences: dict[int, _Sequence] = field(default_factory=dict)
 
@@ -226,7 +231,9 @@ class Engine:
     """Owner of the MLX thread. Public coroutines may be awaited from the event loop; they
     never block it. `close()` blocks until the thread has released every model."""
 
-    def __init__(self, *, name: str = "mlx-engine") -> None:
+    def __init__(self, *, name: str = "mlx-engine", prompt_cache_bytes: int = 256 * 2**20) -> None:
+        #: KV caches kept per loaded entry for prefix reuse; 0 turns reuse off
+        self.prompt_cache_bytes = prompt_cache_bytes
         self._commands: queue.SimpleQueue[_Command | None] = queue.SimpleQueue()
         self._models: dict[str, _LoadedModel] = {}
         self._stop = False
@@ -358,7 +365,9 @@ class Engine:
             has_chat_template=bool(tokenizer.has_chat_template),
             load_seconds=time.perf_counter() - started,
         )
-        self._models[spec.key] = _LoadedModel(spec, model, tokenizer, info)
+        self._models[spec.key] = _LoadedModel(
+            spec, model, tokenizer, info, LRUPromptCache(max_bytes=self.prompt_cache_bytes)
+        )
         return info
 
     def _unload(self, key: str) -> None:
@@ -393,9 +402,13 @@ class Engine:
         )
         if loaded.batch is None:
             loaded.batch = BatchGenerator(loaded.model, stream=self._stream)
+        cache, rest = self._cached_prefix(loaded, prompt)
+        cached = len(prompt) - len(rest)
         (uid,) = loaded.batch.insert(
-            [prompt],
+            [rest],
             max_tokens=[max_tokens],
+            caches=[cache] if cache is not None else None,
+            all_tokens=[prompt[:cached]],
             samplers=[sampler],
             logits_processors=[processors],
             stop_sequences=[make_stop_sequences(tokenizer, list(request.stop))],
@@ -408,8 +421,22 @@ class Engine:
             prompt_tokens=len(prompt),
             top_logprobs=request.logprobs,
             tools=request.tools,
+            cached_tokens=cached,
         )
         stream._emit(Started(prompt_tokens=len(prompt)))
+
+    def _cached_prefix(self, loaded: _LoadedModel, prompt: list[int]) -> tuple[Any, list[int]]:
+        """The KV cache of the longest earlier sequence sharing a prefix with `prompt` (a
+        copy), and the prompt tokens still to process; at least one is always left to run."""
+        if self.prompt_cache_bytes <= 0:
+            return None, prompt
+        cache, rest = loaded.prompt_cache.fetch_nearest_cache(loaded.spec.key, prompt)
+        if cache is not None and not rest:
+            if not can_trim_prompt_cache(cache):
+                return None, prompt
+            trim_prompt_cache(cache, 1)  # the last token must run to give the next logits
+            rest = prompt[-1:]
+        return cache, list(rest)
 
     def _step_safely(self, loaded: _LoadedModel) -> None:
         """A failure while decoding fails that model's requests, not the thread."""
@@ -484,12 +511,18 @@ class Engine:
             seq.stream._emit(Chunk(text, logprobs, tuple(calls)))
         if reason is None and not stopped_by_text:
             return False
+        if reason is not None and response.prompt_cache is not None and self.prompt_cache_bytes > 0:
+            # Keep the finished sequence's KV cache: a follow-up turn starts from it.
+            loaded.prompt_cache.insert_cache(
+                loaded.spec.key, list(response.all_tokens), response.prompt_cache
+            )
         finish = "stop" if stopped_by_text else reason
         seq.stream._emit(
             Finished(
                 finish_reason="tool_calls" if seq.tool_calls and finish == "stop" else finish,
                 prompt_tokens=seq.prompt_tokens,
                 completion_tokens=seq.completion_tokens,
+                cached_tokens=seq.cached_tokens,
             )
         )
         return True

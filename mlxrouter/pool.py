@@ -39,6 +39,8 @@ class PoolLimits:
     idle_ttl: float | None = None
     queue_timeout: float = 30.0
     max_queue: int = 64
+    #: bytes each entry may grow by after loading (its prompt cache), counted in max_bytes
+    entry_overhead: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +189,7 @@ class Pool:
 
     def _victims(self, incoming_bytes: int) -> list[str] | None:
         limits = self.limits
+        incoming_bytes += limits.entry_overhead
         if limits.max_bytes is not None and incoming_bytes > limits.max_bytes:
             raise ModelTooLargeError(
                 f"The model needs about {incoming_bytes / 1e9:.2f} GB, more than the pool's "
@@ -213,7 +216,9 @@ class Pool:
             Resident(
                 key=e.key,
                 # Evicting a base takes its adapters with it.
-                nbytes=e.nbytes + sum(d.nbytes for d in self._dependents(e.key)),
+                nbytes=e.nbytes
+                + sum(d.nbytes for d in self._dependents(e.key))
+                + self.limits.entry_overhead * (1 + len(self._dependents(e.key))),
                 last_used=max([e.last_used, *(d.last_used for d in self._dependents(e.key))]),
                 in_use=self._busy(e),
                 pinned=e.pinned or any(d.pinned for d in self._dependents(e.key)),

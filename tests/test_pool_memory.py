@@ -28,7 +28,8 @@ def big_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 async def engine() -> AsyncIterator[Engine]:
-    engine = Engine()
+    # No prompt cache: these tests measure what weights cost.
+    engine = Engine(prompt_cache_bytes=0)
     yield engine
     engine.close()
 

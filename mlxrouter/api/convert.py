@@ -209,7 +209,7 @@ def usage(finished: Finished) -> dict[str, Any]:
         "prompt_tokens": finished.prompt_tokens,
         "completion_tokens": finished.completion_tokens,
         "total_tokens": finished.prompt_tokens + finished.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": finished.cached_tokens},
     }
 
 
