@@ -105,6 +105,8 @@ class GenerationRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     #: None: no logprobs; N >= 0: the chosen token's logprob plus the N most likely
     logprobs: int | None = None
+    #: a JSON schema the answer must satisfy (response_format json_object / json_schema)
+    json_schema: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +219,7 @@ class _LoadedModel:
     info: ModelInfo
     prompt_cache: Any  # mlx_lm LRUPromptCache: finished sequences' KV caches by token prefix
     batch: Any = None  # BatchGenerator, made on first use
+    json_tokenizer: Any = None  # llguidance's tokenizer, made on the first JSON request
     sequences: dict[int, _Sequence] = field(default_factory=dict)
 
 
@@ -400,6 +403,8 @@ class Engine:
             presence_penalty=sampling.presence_penalty,
             frequency_penalty=sampling.frequency_penalty,
         )
+        if request.json_schema is not None:
+            processors.append(self._json_constraint(loaded, request.json_schema, len(prompt)))
         if loaded.batch is None:
             loaded.batch = BatchGenerator(loaded.model, stream=self._stream)
         cache, rest = self._cached_prefix(loaded, prompt)
@@ -424,6 +429,15 @@ class Engine:
             cached_tokens=cached,
         )
         stream._emit(Started(prompt_tokens=len(prompt)))
+
+    @staticmethod
+    def _json_constraint(loaded: _LoadedModel, schema: dict[str, Any], prompt_tokens: int) -> Any:
+        from .constrain import grammar_for, json_processor, tokenizer_for
+
+        grammar = grammar_for(schema)
+        if loaded.json_tokenizer is None:
+            loaded.json_tokenizer = tokenizer_for(loaded.tokenizer, loaded.info.vocab_size)
+        return json_processor(loaded.json_tokenizer, grammar, prompt_tokens, loaded.info.vocab_size)
 
     def _cached_prefix(self, loaded: _LoadedModel, prompt: list[int]) -> tuple[Any, list[int]]:
         """The KV cache of the longest earlier sequence sharing a prefix with `prompt` (a

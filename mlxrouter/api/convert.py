@@ -44,6 +44,31 @@ def _sampling(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams
     )
 
 
+# OpenAI's json_object mode: any JSON object.
+ANY_OBJECT: dict[str, Any] = {"type": "object"}
+
+
+def schema_of(response_format: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema a `response_format` asks for; None for plain text."""
+    kind = response_format.get("type")
+    if kind in (None, "text"):
+        return None
+    if kind == "json_object":
+        return ANY_OBJECT
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise InvalidRequestError(
+                "`response_format.json_schema.schema` must be a JSON schema object",
+                param="response_format",
+            )
+        return schema
+    raise InvalidRequestError(
+        "`response_format.type` must be text, json_object or json_schema", param="response_format"
+    )
+
+
 def keep_alive_seconds(value: str | float | None) -> float | None:
     """Ollama's keep_alive: a duration ("5m", "30s") or seconds; 0 unload, negative pin."""
     if value is None:
@@ -84,10 +109,6 @@ def _message_text(content: Any) -> str | None:
 
 
 def chat_request(body: ChatCompletionRequest, *, default_max_tokens: int) -> GenerationRequest:
-    if body.response_format and body.response_format.get("type") not in (None, "text"):
-        raise InvalidRequestError(
-            "`response_format` other than text is not supported yet", param="response_format"
-        )
     if body.chat_template is not None:
         raise InvalidRequestError(
             "A request cannot supply its own chat template; the model's is used",
@@ -110,6 +131,7 @@ def chat_request(body: ChatCompletionRequest, *, default_max_tokens: int) -> Gen
         sampling=_sampling(body),
         logprobs=top,
         tools=_tools(body.tools, body.tool_choice),
+        json_schema=schema_of(body.response_format) if body.response_format else None,
     )
 
 
