@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from conftest import running_daemon
-from tinymodel import make_tiny_adapter, make_tiny_model
+from tinymodel import make_tiny_adapter, make_tiny_model, train_tiny_adapter
 
 from mlxrouter.cli import main as cli_main
 
 CHAT = [{"role": "user", "content": "Hi"}]
+QUESTION = "Where shall we meet?"
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +27,11 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for seed, name in enumerate(("tiny-a", "tiny-b"), start=1):
         make_tiny_model(root / name, seed=seed, context=8192)
     make_tiny_adapter(root / "tiny-a-pirate", root / "tiny-a", base_ref="tiny-a", seed=3)
+    # Two adapters really trained (LoRA, Adam) to change one answer of the base.
+    for name, target in (("tiny-a-fox", "The fox"), ("tiny-a-capital", "capital")):
+        train_tiny_adapter(
+            root / name, root / "tiny-a", base_ref="tiny-a", prompt=QUESTION, target=target
+        )
     return root
 
 
@@ -156,3 +163,33 @@ def test_cli_ps_load_unload(daemon: tuple[str, Any], capsys: pytest.CaptureFixtu
     assert "unloaded tiny-b" in capsys.readouterr().out
     assert cli_main(["load", "nope", "--url", url]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_trained_adapters_change_the_answer_without_reloading_the_base(model_dir: Path) -> None:
+    config = f"hf_cache: false\nmodel_dirs: [{model_dir}]\npool: {{max_models: 3}}\n"
+    with running_daemon(config) as (url, _):
+        _check_trained_adapters(url)
+
+
+def _check_trained_adapters(url: str) -> None:
+    client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+
+    def ask(model: str) -> str:
+        reply = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": QUESTION}],
+            max_tokens=8,
+            temperature=0,
+        )
+        return reply.choices[0].message.content or ""
+
+    base = ask("tiny-a")
+    assert base not in ("The fox", "capital")
+    for _ in range(2):  # switch back and forth
+        assert ask("tiny-a-fox") == "The fox"
+        assert ask("tiny-a-capital") == "capital"
+        assert ask("tiny-a") == base
+    status = httpx.get(url + "/admin/pool").json()
+    assert status["loads"] == 3  # the base once, each adapter once: no reloads on switching
+    sizes = {e["id"]: e["bytes"] for e in status["entries"]}
+    assert sizes["tiny-a-fox"] < sizes["tiny-a"] and sizes["tiny-a-capital"] < sizes["tiny-a"]

@@ -111,3 +111,57 @@ def make_tiny_adapter(
     }
     (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
     return folder
+
+
+def train_tiny_adapter(
+    folder: Path, base_folder: Path, *, base_ref: str, prompt: str, target: str, steps: int = 300
+) -> Path:
+    """Train a real LoRA adapter (mlx_lm's LoRA layers, Adam, cross-entropy) so the base
+    model answers `prompt` (a chat message) with `target`. Overfits on one example: seconds
+    on a CPU for a tiny base."""
+    import mlx.core as mx
+    import mlx.optimizers as optim
+    from mlx import nn
+    from mlx.utils import tree_flatten
+    from mlx_lm import load
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    mx.random.seed(0)
+    model, tokenizer = load(str(base_folder))
+    model.freeze()
+    keys = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"]
+    keys += ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+    lora = {"rank": 8, "scale": 10.0, "dropout": 0.0, "keys": keys}
+    layers = len(model.layers)
+    linear_to_lora_layers(model, layers, lora)
+    context = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True
+    )
+    answer = [*tokenizer.encode(target, add_special_tokens=False), tokenizer.eos_token_id]
+    tokens = mx.array([context + answer])
+    inputs, labels = tokens[:, :-1], tokens[:, 1:]
+    weights = mx.array([[0.0] * (len(context) - 1) + [1.0] * len(answer)])
+
+    def loss(model: nn.Module) -> mx.array:
+        logits = model(inputs)
+        losses = nn.losses.cross_entropy(logits, labels) * weights
+        return losses.sum() / weights.sum()
+
+    optimizer = optim.Adam(learning_rate=1e-2)
+    step = nn.value_and_grad(model, loss)
+    for _ in range(steps):
+        _, grads = step(model)
+        optimizer.update(model, grads)
+        mx.eval(model.trainable_parameters(), optimizer.state)
+    folder.mkdir(parents=True, exist_ok=True)
+    mx.save_safetensors(
+        str(folder / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters()))
+    )
+    config = {
+        "model": base_ref,
+        "fine_tune_type": "lora",
+        "num_layers": layers,
+        "lora_parameters": lora,
+    }
+    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return folder
