@@ -294,3 +294,29 @@ async def test_concurrent_requests_to_one_model_are_batched_and_all_answered(
     )
     assert all(r.usage is not None and r.usage.completion_tokens == 5 for r in replies)
     await client.close()
+
+
+def test_responses_match_the_documented_schemas(http: httpx.Client) -> None:
+    """The OpenAPI document's response models describe what is really sent."""
+    import msgspec
+
+    from mlxrouter.api.schemas import ChatCompletion, Completion, Health, ModelCard, ModelList
+
+    chat = http.post(
+        "/v1/chat/completions",
+        json={
+            "model": "tiny-a",
+            "messages": [{"role": "user", "content": "Hi"}],
+            "max_tokens": 3,
+            "logprobs": True,
+            "top_logprobs": 2,
+        },
+    ).json()
+    msgspec.convert(chat, ChatCompletion, strict=True)
+    text = http.post(
+        "/v1/completions", json={"model": "tiny-a", "prompt": "Hi", "max_tokens": 3, "logprobs": 2}
+    ).json()
+    msgspec.convert(text, Completion, strict=True)
+    msgspec.convert(http.get("/v1/models").json(), ModelList, strict=True)
+    msgspec.convert(http.get("/v1/models/tiny-a").json(), ModelCard, strict=True)
+    msgspec.convert(http.get("/health").json(), Health, strict=True)

@@ -17,6 +17,7 @@ from typing import Any
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
@@ -28,7 +29,17 @@ from ..pool import Lease
 from ..registry import RegistryEntry
 from . import convert
 from .errors import status_of
-from .schemas import AdminModelRequest, ChatCompletionRequest, CompletionRequest
+from .schemas import (
+    AdminModelRequest,
+    ChatCompletion,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+    ErrorResponse,
+    Health,
+    ModelCard,
+    ModelList,
+)
 
 log = logging.getLogger("mlxrouter.access")
 
@@ -40,7 +51,24 @@ def _daemon(state: State) -> Daemon:
     return daemon
 
 
-@post(["/v1/chat/completions", "/chat/completions"], status_code=200)
+def _errors(*statuses: int) -> dict[int, ResponseSpec]:
+    return {
+        status: ResponseSpec(ErrorResponse, description="OpenAI error", generate_examples=False)
+        for status in statuses
+    }
+
+
+COMPLETION_ERRORS = _errors(400, 401, 403, 404, 409, 413, 500, 503, 507)
+
+
+@post(
+    ["/v1/chat/completions", "/chat/completions"],
+    status_code=200,
+    responses={
+        200: ResponseSpec(ChatCompletion, description="The answer (or SSE chunks when streaming)"),
+        **COMPLETION_ERRORS,
+    },
+)
 async def chat_completions(
     request: Request[Any, Any, Any], state: State, data: JSONBody[ChatCompletionRequest]
 ) -> Response[Any] | Stream:
@@ -49,7 +77,14 @@ async def chat_completions(
     return await _complete(request, daemon, data, generation, "chat", logprobs=bool(data.logprobs))
 
 
-@post(["/v1/completions", "/completions"], status_code=200)
+@post(
+    ["/v1/completions", "/completions"],
+    status_code=200,
+    responses={
+        200: ResponseSpec(Completion, description="The answer (or SSE chunks when streaming)"),
+        **COMPLETION_ERRORS,
+    },
+)
 async def completions(
     request: Request[Any, Any, Any], state: State, data: JSONBody[CompletionRequest]
 ) -> Response[Any] | Stream:
@@ -256,7 +291,10 @@ def _model_card(daemon: Daemon, model_id: str, entry: RegistryEntry) -> dict[str
     }
 
 
-@get(["/v1/models", "/models"])
+@get(
+    ["/v1/models", "/models"],
+    responses={200: ResponseSpec(ModelList, description="Every id and alias"), **_errors(401)},
+)
 async def list_models(state: State) -> dict[str, Any]:
     daemon = _daemon(state)
     registry = daemon.registry  # one snapshot for the whole answer
@@ -265,7 +303,10 @@ async def list_models(state: State) -> dict[str, Any]:
     return {"object": "list", "data": sorted(cards, key=lambda c: c["id"])}
 
 
-@get(["/v1/models/{model_id:path}", "/models/{model_id:path}"])
+@get(
+    ["/v1/models/{model_id:path}", "/models/{model_id:path}"],
+    responses={200: ResponseSpec(ModelCard, description="One model"), **_errors(401, 404)},
+)
 async def get_model(state: State, model_id: FromPath[str]) -> dict[str, Any]:
     daemon = _daemon(state)
     name = model_id.lstrip("/")
@@ -278,7 +319,7 @@ async def metrics(state: State) -> bytes:
     return _daemon(state).metrics.render()
 
 
-@get("/health")
+@get("/health", responses={200: ResponseSpec(Health, description="ok or degraded")})
 async def health(state: State) -> Response[dict[str, Any]]:
     daemon = _daemon(state)
     ok, reasons = daemon.health()
