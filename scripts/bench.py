@@ -2020,7 +2020,7 @@ def recommendations(bench: Bench) -> list[str]:
             "than mlxrouter for 8 requests sharing a 6-token prefix (a shared system prompt is "
             "the common case)."
         )
-    if facts.get("f_spread_s", 0) > 0.2:
+    if facts.get("f_spread_s", 0) > facts.get("f_spread_theirs_s", 0) + 0.2:
         out.append(
             "- **Prefill rounds**: when a burst of requests arrives, the engine starts a step "
             "with the ones already queued and prefills late arrivals in another round "
