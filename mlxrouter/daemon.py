@@ -123,6 +123,8 @@ class Daemon:
         self.config_error: str | None = None
         self.draining = False
         self.rebuilds = 0
+        #: the encoded /v1/models answer with the (snapshot, loaded ids) it was built for
+        self.models_answer: tuple[Registry, frozenset[str], bytes] | None = None
         self._watch = watch
         self._tasks: list[asyncio.Task[None]] = []
         self._watch_stop = asyncio.Event()

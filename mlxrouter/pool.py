@@ -212,19 +212,20 @@ class Pool:
         return [e for e in self._entries.values() if e.base_key == key]
 
     def _residents(self) -> list[Resident]:
-        return [
-            Resident(
-                key=e.key,
-                # Evicting a base takes its adapters with it.
-                nbytes=e.nbytes
-                + sum(d.nbytes for d in self._dependents(e.key))
-                + self.limits.entry_overhead * (1 + len(self._dependents(e.key))),
-                last_used=max([e.last_used, *(d.last_used for d in self._dependents(e.key))]),
-                in_use=self._busy(e),
-                pinned=e.pinned or any(d.pinned for d in self._dependents(e.key)),
+        residents = []
+        for e in self._entries.values():
+            # Evicting a base takes its adapters with it: they count as one resident.
+            group = [e, *self._dependents(e.key)]
+            residents.append(
+                Resident(
+                    key=e.key,
+                    nbytes=sum(m.nbytes for m in group) + self.limits.entry_overhead * len(group),
+                    last_used=max(m.last_used for m in group),
+                    in_use=self._busy(e),
+                    pinned=any(m.pinned for m in group),
+                )
             )
-            for e in self._entries.values()
-        ]
+        return residents
 
     async def _wait_for_room(self, deadline: float) -> None:
         remaining = deadline - time.monotonic()

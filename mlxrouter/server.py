@@ -116,8 +116,5 @@ def run(config: Config, *, config_path: Path | None, overrides: Mapping[str, Any
     # it has stopped: make those no-ops, so a clean drain exits 0.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
-    try:
-        server.run()
-    finally:
-        daemon.engine.close()
+    server.run()  # the app's shutdown stops the daemon, its engine thread included
     return 0

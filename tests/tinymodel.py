@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
@@ -24,9 +25,10 @@ CORPUS = [
 ]
 
 
-def write_tokenizer(folder: Path, *, vocab_size: int = 320) -> int:
+def train_bpe(corpus: list[str], *, vocab_size: int) -> Any:
+    """A byte-level BPE `tokenizers.Tokenizer` with the chat special tokens, trained on
+    `corpus`: small, yet any text round-trips."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -37,7 +39,15 @@ def write_tokenizer(folder: Path, *, vocab_size: int = 320) -> int:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(CORPUS, trainer=trainer)
+    tok.train_from_iterator(corpus, trainer=trainer)
+    return tok
+
+
+def save_tokenizer(tok: Any, folder: Path, chat_template: str) -> Any:
+    """Save `tok` as a transformers fast tokenizer (tokenizer.json, tokenizer_config.json,
+    chat template) with ChatML's special tokens; returns the fast tokenizer."""
+    from transformers import PreTrainedTokenizerFast
+
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<|im_start|>",
@@ -45,8 +55,14 @@ def write_tokenizer(folder: Path, *, vocab_size: int = 320) -> int:
         unk_token="<|endoftext|>",
         pad_token="<|endoftext|>",
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = chat_template
     fast.save_pretrained(str(folder))
+    return fast
+
+
+def write_tokenizer(folder: Path, *, vocab_size: int = 320) -> int:
+    tok = train_bpe(CORPUS, vocab_size=vocab_size)
+    save_tokenizer(tok, folder, CHAT_TEMPLATE)
     return int(tok.get_vocab_size())
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tinymodel import save_tokenizer, train_bpe
+
 # Qwen2.5's template, with a neutral default system prompt. mlx_lm picks the `json_tools` parser
 # because it contains both "<tool_call>" and "tool_call.name".
 CHAT_TEMPLATE = """\
@@ -74,7 +76,6 @@ or (message.role == "assistant" and not message.tool_calls) %}
     {{- '<|im_start|>assistant\\n' }}
 {%- endif %}
 """
-SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # Added but not special, as in Qwen2.5: they decode like ordinary text.
 MARKERS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
 CORPUS = [
@@ -106,30 +107,12 @@ def tool_call_text(name: str = "get_weather", arguments: dict[str, object] | Non
 def _write_tokenizer(folder: Path, pieces: list[str]) -> tuple[int, list[int], int]:
     """Write a byte-level BPE tokenizer in which each piece is one added token. Returns the vocab
     size, the pieces' ids, and the EOS id."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import AddedToken
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=SPECIAL,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS, trainer=trainer)
+    tok = train_bpe(CORPUS, vocab_size=300)
     added = list(dict.fromkeys([*MARKERS, *pieces]))
     tok.add_tokens([AddedToken(p, special=False, normalized=False) for p in added])
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        unk_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(str(folder))
+    fast = save_tokenizer(tok, folder, CHAT_TEMPLATE)
     ids = [fast.convert_tokens_to_ids(p) for p in pieces]
     for piece, token_id in zip(pieces, ids, strict=True):
         if fast.encode(piece, add_special_tokens=False) != [token_id]:

@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
 
-from litestar import Request, Response, get, post
+import msgspec
+from litestar import MediaType, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
@@ -295,12 +296,19 @@ def _model_card(daemon: Daemon, model_id: str, entry: RegistryEntry) -> dict[str
     ["/v1/models", "/models"],
     responses={200: ResponseSpec(ModelList, description="Every id and alias"), **_errors(401)},
 )
-async def list_models(state: State) -> dict[str, Any]:
+async def list_models(state: State) -> Response[bytes]:
     daemon = _daemon(state)
     registry = daemon.registry  # one snapshot for the whole answer
-    cards = [_model_card(daemon, e.id, e) for e in registry]
-    cards += [_model_card(daemon, alias, registry.resolve(alias)) for alias in registry.aliases]
-    return {"object": "list", "data": sorted(cards, key=lambda c: c["id"])}
+    loaded = frozenset(e.key for e in daemon.pool.entries() if e.loaded)
+    # IDE plugins poll this: the answer only changes with the snapshot or the loaded set,
+    # so it is built and encoded once for each pair.
+    cached = daemon.models_answer
+    if cached is None or cached[0] is not registry or cached[1] != loaded:
+        cards = [_model_card(daemon, e.id, e) for e in registry]
+        cards += [_model_card(daemon, a, registry.resolve(a)) for a in registry.aliases]
+        body = msgspec.json.encode({"object": "list", "data": sorted(cards, key=lambda c: c["id"])})
+        cached = daemon.models_answer = (registry, loaded, body)
+    return Response(cached[2], media_type=MediaType.JSON)
 
 
 @get(
