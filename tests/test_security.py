@@ -122,9 +122,34 @@ def test_oversized_body_is_413_before_reading_it(guarded: tuple[str, Any]) -> No
             b"Authorization: Bearer s3cret\r\nContent-Type: application/json\r\n"
             b"Content-Length: 10000000\r\n\r\n"
         )
-        reply = sock.recv(65536).decode()
+        reply = _read_whole_reply(sock)
     assert reply.startswith("HTTP/1.1 413")
     assert '"type":"invalid_request_error"' in reply
+
+
+def _read_whole_reply(sock: socket.socket) -> str:
+    """Read one HTTP reply: headers and body may arrive in separate segments."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data.decode()
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        (
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ),
+        0,
+    )
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return (head + b"\r\n\r\n" + body).decode()
 
 
 def test_slow_reader_is_cut_off_and_its_lease_freed(tmp_path: Path) -> None:
