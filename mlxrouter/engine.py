@@ -9,11 +9,16 @@ gets results back through futures and per-request `GenerationStream` channels.
 Each loaded model gets an mlx_lm `BatchGenerator`, so concurrent requests to one model decode
 together (continuous batching); the thread steps every busy model in turn, so requests to
 different models interleave fairly.
+
+Loads do not stall them either: weights are mapped lazily and evaluated a slice at a time
+between generation steps, while the tokenizer (plain Python and Rust, no MLX arrays) loads on
+a side thread at the same time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import json
 import logging
@@ -27,7 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import mlx.core as mx
-from mlx_lm import load as mlx_load
+from mlx.utils import tree_flatten
 from mlx_lm.generate import BatchGenerator, TextStateMachine, make_stop_sequences
 from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
 from mlx_lm.sample_utils import (
@@ -38,7 +43,7 @@ from mlx_lm.sample_utils import (
     make_sampler,
 )
 from mlx_lm.tuner.utils import load_adapters
-from mlx_lm.utils import load_model
+from mlx_lm.utils import load_model, load_tokenizer
 
 from .errors import (
     ContextLengthExceededError,
@@ -52,6 +57,9 @@ T = TypeVar("T")
 
 # How long the idle thread sleeps on its queue before checking for shutdown.
 _IDLE_POLL_S = 0.5
+# Weights evaluated per engine step while a model loads: small enough that streams of loaded
+# models keep flowing, large enough that the reads stay sequential and fast.
+_LOAD_SLICE_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +218,19 @@ class _Sequence:
 
 
 @dataclass(slots=True)
+class _PendingLoad:
+    """A model whose weights are being read between generation steps (engine thread only)."""
+
+    spec: LoadSpec
+    model: Any
+    tokenizer: concurrent.futures.Future[Any]  # loading on the tokenizer thread
+    unread: list[Any]  # parameter arrays not yet evaluated, in file order
+    nbytes: int
+    started: float
+    waiters: list[tuple[asyncio.Future[ModelInfo], asyncio.AbstractEventLoop]]
+
+
+@dataclass(slots=True)
 class _LoadedModel:
     """Engine-thread state of one loaded model."""
 
@@ -234,11 +255,24 @@ class Engine:
     """Owner of the MLX thread. Public coroutines may be awaited from the event loop; they
     never block it. `close()` blocks until the thread has released every model."""
 
-    def __init__(self, *, name: str = "mlx-engine", prompt_cache_bytes: int = 256 * 2**20) -> None:
+    def __init__(
+        self,
+        *,
+        name: str = "mlx-engine",
+        prompt_cache_bytes: int = 256 * 2**20,
+        load_slice_bytes: int = _LOAD_SLICE_BYTES,
+    ) -> None:
         #: KV caches kept per loaded entry for prefix reuse; 0 turns reuse off
         self.prompt_cache_bytes = prompt_cache_bytes
+        #: weight bytes evaluated per engine step while a model loads
+        self.load_slice_bytes = load_slice_bytes
         self._commands: queue.SimpleQueue[_Command | None] = queue.SimpleQueue()
         self._models: dict[str, _LoadedModel] = {}
+        self._loads: list[_PendingLoad] = []
+        # Tokenizers never touch MLX, so they may load off the engine thread, beside weights.
+        self._tokenizer_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"{name}-tokenizer"
+        )
         self._stop = False
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -260,8 +294,12 @@ class Engine:
         return await future
 
     async def load(self, spec: LoadSpec) -> ModelInfo:
-        """Load a model (and adapter) on the engine thread. Slow: seconds to minutes."""
-        return await self.call(lambda: self._load(spec))
+        """Load a model (and adapter) on the engine thread. Slow: seconds to minutes, during
+        which the models already loaded keep generating."""
+        loop = asyncio.get_running_loop()
+        loaded: asyncio.Future[ModelInfo] = loop.create_future()
+        await self.call(lambda: self._start_load(spec, loaded, loop))
+        return await loaded
 
     async def unload(self, key: str) -> None:
         """Drop a model; its in-flight requests end with an error. Memory is returned."""
@@ -282,6 +320,7 @@ class Engine:
         self._stop = True
         self._commands.put(None)
         self._thread.join(timeout)
+        self._tokenizer_pool.shutdown(wait=False, cancel_futures=True)
 
     def _wake(self) -> None:
         # An empty command makes an idle thread look at its sequences again.
@@ -294,9 +333,12 @@ class Engine:
         self._stream = mx.default_stream(mx.default_device())
         try:
             while not self._stop:
-                busy = any(m.sequences for m in self._models.values())
+                busy = any(m.sequences for m in self._models.values()) or any(
+                    pending.unread for pending in self._loads
+                )
                 self._drain_commands(block=not busy)
                 self._step_all()
+                self._advance_loads()
         except BaseException as exc:  # the thread must report why it died, then stop
             log.exception("engine thread failed")
             self._failure = exc
@@ -304,6 +346,9 @@ class Engine:
                 for seq in loaded.sequences.values():
                     seq.stream._emit(EngineError("The generation engine failed"))
         finally:
+            for pending in self._loads:
+                _fail_waiters(pending, EngineError("The generation engine stopped"))
+            self._loads.clear()
             self._models.clear()
             gc.collect()
             mx.clear_cache()
@@ -338,31 +383,104 @@ class Engine:
         else:
             command.loop.call_soon_threadsafe(_set_result, command.future, result)
 
-    def _load(self, spec: LoadSpec) -> ModelInfo:
+    def _start_load(
+        self,
+        spec: LoadSpec,
+        loaded: asyncio.Future[ModelInfo],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        """Build the model with lazily mapped weights and start its tokenizer; the weights are
+        then read a slice per engine step (`_advance_loads`) and `loaded` resolves at the end."""
         if spec.key in self._models:
-            return self._models[spec.key].info
-        before = mx.get_active_memory()
+            loop.call_soon_threadsafe(_set_result, loaded, self._models[spec.key].info)
+            return
+        for pending in self._loads:
+            if pending.spec == spec:
+                pending.waiters.append((loaded, loop))
+                return
         started = time.perf_counter()
+        base = self._models.get(spec.base_key) if spec.base_key else None
         try:
-            base = self._models.get(spec.base_key) if spec.base_key else None
             if spec.adapter_path is not None and base is not None:
+                # Shares the base's arrays: only the small adapter is read, at once.
+                before = mx.get_active_memory()
                 model, tokenizer = _adapter_on_base(base, spec.adapter_path)
-            else:
-                model, tokenizer, *_ = mlx_load(
-                    str(spec.model_path),
-                    adapter_path=str(spec.adapter_path) if spec.adapter_path else None,
-                    tokenizer_config={"trust_remote_code": spec.trust_remote_code},
-                    trust_remote_code=spec.trust_remote_code,
-                )
+                nbytes = max(int(mx.get_active_memory() - before), 0)
+                info = self._register(spec, model, tokenizer, nbytes, started)
+                loop.call_soon_threadsafe(_set_result, loaded, info)
+                return
+            model, config = load_model(
+                spec.model_path, lazy=True, trust_remote_code=spec.trust_remote_code
+            )
+            if spec.adapter_path is not None:
+                model = load_adapters(model, str(spec.adapter_path))
+                model.eval()
         except Exception as exc:  # noqa: BLE001 - any load failure is this model's, not ours
             gc.collect()
             mx.clear_cache()
-            log.warning("loading %s failed: %s", spec.key, exc)
-            what = "adapter" if spec.adapter_path else "model"
-            raise ModelLoadError(f"The {what} `{spec.key}` could not be loaded") from None
+            raise _load_failed(spec, exc) from None
+        tokenizer = self._tokenizer_pool.submit(
+            load_tokenizer,
+            spec.model_path,
+            {"trust_remote_code": spec.trust_remote_code},
+            eos_token_ids=config.get("eos_token_id"),
+        )
+        tokenizer.add_done_callback(lambda _: self._wake())
+        unread = _unique_arrays(model.parameters())
+        self._loads.append(
+            _PendingLoad(
+                spec=spec,
+                model=model,
+                tokenizer=tokenizer,
+                unread=unread,
+                nbytes=sum(int(a.nbytes) for a in unread),
+                started=started,
+                waiters=[(loaded, loop)],
+            )
+        )
+
+    def _advance_loads(self) -> None:
+        """Read one slice of the oldest load's weights, then finish every load whose weights
+        and tokenizer are both ready."""
+        reading = next((pending for pending in self._loads if pending.unread), None)
+        if reading is not None:
+            batch: list[Any] = []
+            budget = self.load_slice_bytes
+            while reading.unread and (budget > 0 or not batch):
+                array = reading.unread.pop()
+                batch.append(array)
+                budget -= int(array.nbytes)
+            try:
+                mx.eval(batch)
+            except Exception as exc:  # noqa: BLE001 - a corrupt weight file fails its load only
+                self._abandon_load(reading, _load_failed(reading.spec, exc))
+        for pending in [p for p in self._loads if not p.unread and p.tokenizer.done()]:
+            self._loads.remove(pending)
+            try:
+                tokenizer = pending.tokenizer.result()
+            except Exception as exc:  # noqa: BLE001 - as above, for the tokenizer files
+                self._abandon_load(pending, _load_failed(pending.spec, exc))
+                continue
+            info = self._register(
+                pending.spec, pending.model, tokenizer, pending.nbytes, pending.started
+            )
+            for future, loop in pending.waiters:
+                loop.call_soon_threadsafe(_set_result, future, info)
+
+    def _abandon_load(self, pending: _PendingLoad, error: Exception) -> None:
+        if pending in self._loads:
+            self._loads.remove(pending)
+        pending.tokenizer.cancel()
+        _fail_waiters(pending, error)
+        gc.collect()
+        mx.clear_cache()
+
+    def _register(
+        self, spec: LoadSpec, model: Any, tokenizer: Any, nbytes: int, started: float
+    ) -> ModelInfo:
         config = getattr(model, "args", None)
         info = ModelInfo(
-            nbytes=max(int(mx.get_active_memory() - before), 0),
+            nbytes=nbytes,
             context_length=_context_length(config),
             vocab_size=int(getattr(config, "vocab_size", 0) or len(tokenizer.vocab)),
             has_chat_template=bool(tokenizer.has_chat_template),
@@ -374,6 +492,8 @@ class Engine:
         return info
 
     def _unload(self, key: str) -> None:
+        for pending in [p for p in self._loads if p.spec.key == key]:
+            self._abandon_load(pending, ModelLoadError(f"The model `{key}` was unloaded"))
         loaded = self._models.pop(key, None)
         if loaded is None:
             return
@@ -618,6 +738,27 @@ def _adapter_on_base(base: _LoadedModel, adapter_path: Path) -> tuple[Any, Any]:
     model.eval()
     mx.eval(model.parameters())
     return model, base.tokenizer
+
+
+def _unique_arrays(parameters: Any) -> list[Any]:
+    """The distinct arrays of a parameter tree (tied weights appear once), last first so that
+    popping reads them in file order."""
+    seen: dict[int, Any] = {}
+    flat: list[tuple[str, Any]] = tree_flatten(parameters)  # type: ignore[assignment]
+    for _, array in flat:
+        seen.setdefault(id(array), array)
+    return list(reversed(seen.values()))
+
+
+def _load_failed(spec: LoadSpec, exc: BaseException) -> ModelLoadError:
+    log.warning("loading %s failed: %s", spec.key, exc)
+    what = "adapter" if spec.adapter_path else "model"
+    return ModelLoadError(f"The {what} `{spec.key}` could not be loaded")
+
+
+def _fail_waiters(pending: _PendingLoad, error: Exception) -> None:
+    for future, loop in pending.waiters:
+        loop.call_soon_threadsafe(_set_exception, future, error)
 
 
 def _set_result(future: asyncio.Future[Any], result: Any) -> None:

@@ -75,12 +75,15 @@ async def test_waiter_proceeds_once_the_busy_entry_is_released() -> None:
     loader = FakeLoader()
     pool = Pool(loader, PoolLimits(max_models=1, queue_timeout=5))
 
+    holding = asyncio.Event()
+
     async def hold_a() -> None:
         async with pool.lease(req("a")):
+            holding.set()
             await asyncio.sleep(0.1)
 
     task = asyncio.create_task(hold_a())
-    await asyncio.sleep(0.03)
+    await holding.wait()
     async with pool.lease(req("b")) as lease:
         assert lease.key == "b"
     await task
