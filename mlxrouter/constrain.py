@@ -1,6 +1,7 @@
-"""JSON-constrained decoding for `response_format`: llguidance works out which tokens keep the
-output valid against a JSON schema, and an mlx_lm logits processor masks every other token.
-Runs on the engine thread, like the rest of generation.
+"""Constrained decoding: llguidance works out which tokens keep the output inside a grammar,
+and an mlx_lm logits processor masks every other token. Two grammars: a JSON schema, for
+`response_format`, and a tool call in the model's `<tool_call>` format, for `tool_choice`
+`required` or a named function. Runs on the engine thread, like the rest of generation.
 """
 
 from __future__ import annotations
@@ -25,19 +26,58 @@ LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
 
 def grammar_for(schema: dict[str, Any]) -> str:
     """Compile a schema to an llguidance grammar, refusing one it cannot enforce."""
-    try:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(
+    return _checked(
+        lambda: llguidance.LLMatcher.grammar_from_json_schema(
             json.dumps(schema), defaults={"whitespace_flexible": False}
-        )
+        ),
+        "The JSON schema is not usable",
+        param="response_format",
+    )
+
+
+def tool_call_grammar(
+    tools: list[dict[str, Any]], start_tokens: list[int], end_tokens: list[int]
+) -> str:
+    """A grammar for exactly one call to one of `tools`, written as mlx_lm's `json_tools`
+    parser reads it: the start marker, a newline, `{"name": ..., "arguments": {...}}` with the
+    arguments valid against the function's `parameters` schema, a newline, the end marker.
+    The markers are pinned to their own token ids, the tokens the model was trained on."""
+    calls: list[dict[str, Any]] = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": function.get("name", "")},
+                "arguments": function.get("parameters") or {"type": "object"},
+            },
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for function in (tool.get("function") or {} for tool in tools)
+    ]
+    # Compact JSON, as with response_format: free whitespace lets a model ramble in it.
+    schema = {
+        **(calls[0] if len(calls) == 1 else {"anyOf": calls}),
+        "x-guidance": {"whitespace_flexible": False},
+    }
+    start = " ".join(f"<[{token}]>" for token in start_tokens)
+    end = " ".join(f"<[{token}]>" for token in end_tokens)
+    lark = f'start: {start} "\\n" call "\\n" {end}\ncall: %json {json.dumps(schema)}\n'
+    return _checked(
+        lambda: llguidance.grammar_from("lark", lark),
+        "A tool's `parameters` schema cannot be enforced",
+        param="tools",
+    )
+
+
+def _checked(compile_grammar: Callable[[], str], problem: str, *, param: str) -> str:
+    try:
+        grammar = compile_grammar()
         is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
     except (ValueError, TypeError) as exc:
-        raise InvalidRequestError(
-            f"The JSON schema is not usable: {exc}", param="response_format"
-        ) from None
+        raise InvalidRequestError(f"{problem}: {exc}", param=param) from None
     if is_error:
         raise InvalidRequestError(
-            f"The JSON schema is not usable: {messages[0] if messages else 'invalid'}",
-            param="response_format",
+            f"{problem}: {messages[0] if messages else 'invalid'}", param=param
         )
     return grammar
 
@@ -47,14 +87,14 @@ def tokenizer_for(tokenizer: Any, vocab_size: int) -> Any:
     return llguidance.hf.from_tokenizer(tokenizer._tokenizer, n_vocab=vocab_size)
 
 
-def json_processor(
+def grammar_processor(
     ll_tokenizer: Any, grammar: str, prompt_tokens: int, vocab_size: int
 ) -> LogitsProcessor:
     """An mlx_lm logits processor that keeps one sequence inside `grammar`.
 
     mlx_lm hands each processor the sequence's tokens so far (prompt, then generated); the
     matcher is fed the generated ones it has not seen, then the mask of allowed next tokens
-    is applied. Once the JSON is complete only end-of-sequence is allowed."""
+    is applied. Once the grammar is complete only end-of-sequence is allowed."""
     matcher = llguidance.LLMatcher(ll_tokenizer, grammar)
     bitmask = allocate_token_bitmask(1, vocab_size)
     consumed = 0
@@ -62,7 +102,9 @@ def json_processor(
     def process(tokens: mx.array, logits: mx.array) -> mx.array:
         nonlocal consumed
         start = prompt_tokens + consumed
-        if tokens.size > start:
+        # A stopped matcher only allows end-of-sequence; mlx_lm still computes one step past
+        # that token before it ends the sequence, and feeding it the token would be an error.
+        if tokens.size > start and not matcher.is_stopped():
             new: list[int] = tokens[start:].tolist()  # type: ignore[assignment]
             matcher.consume_tokens(new)
             consumed += len(new)

@@ -43,7 +43,7 @@ from mlx_lm.sample_utils import (
     make_sampler,
 )
 from mlx_lm.tuner.utils import load_adapters
-from mlx_lm.utils import load_model, load_tokenizer
+from mlx_lm.utils import load_config, load_model, load_tokenizer
 
 from .errors import (
     ContextLengthExceededError,
@@ -115,6 +115,9 @@ class GenerationRequest:
     logprobs: int | None = None
     #: a JSON schema the answer must satisfy (response_format json_object / json_schema)
     json_schema: dict[str, Any] | None = None
+    #: the answer must be a call to one of `tools` (tool_choice `required` or a named function);
+    #: forced by constrained decoding for models whose tool calls are `<tool_call>` JSON
+    tool_call_required: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,7 +412,15 @@ class Engine:
                 info = self._register(spec, model, tokenizer, nbytes, started)
                 loop.call_soon_threadsafe(_set_result, loaded, info)
                 return
-            model, config = load_model(
+            # The tokenizer starts first, so it loads while the model is built and read.
+            tokenizer = self._tokenizer_pool.submit(
+                load_tokenizer,
+                spec.model_path,
+                {"trust_remote_code": spec.trust_remote_code},
+                eos_token_ids=load_config(spec.model_path).get("eos_token_id"),
+            )
+            tokenizer.add_done_callback(lambda _: self._wake())
+            model, _ = load_model(
                 spec.model_path, lazy=True, trust_remote_code=spec.trust_remote_code
             )
             if spec.adapter_path is not None:
@@ -419,13 +430,6 @@ class Engine:
             gc.collect()
             mx.clear_cache()
             raise _load_failed(spec, exc) from None
-        tokenizer = self._tokenizer_pool.submit(
-            load_tokenizer,
-            spec.model_path,
-            {"trust_remote_code": spec.trust_remote_code},
-            eos_token_ids=config.get("eos_token_id"),
-        )
-        tokenizer.add_done_callback(lambda _: self._wake())
         unread = _unique_arrays(model.parameters())
         self._loads.append(
             _PendingLoad(
@@ -523,8 +527,9 @@ class Engine:
             presence_penalty=sampling.presence_penalty,
             frequency_penalty=sampling.frequency_penalty,
         )
-        if request.json_schema is not None:
-            processors.append(self._json_constraint(loaded, request.json_schema, len(prompt)))
+        constraint = _grammar(tokenizer, request)
+        if constraint is not None:
+            processors.append(self._constrain(loaded, constraint, len(prompt)))
         if loaded.batch is None:
             loaded.batch = BatchGenerator(loaded.model, stream=self._stream)
         cache, rest = self._cached_prefix(loaded, prompt)
@@ -551,13 +556,14 @@ class Engine:
         stream._emit(Started(prompt_tokens=len(prompt)))
 
     @staticmethod
-    def _json_constraint(loaded: _LoadedModel, schema: dict[str, Any], prompt_tokens: int) -> Any:
-        from .constrain import grammar_for, json_processor, tokenizer_for
+    def _constrain(loaded: _LoadedModel, grammar: str, prompt_tokens: int) -> Any:
+        from .constrain import grammar_processor, tokenizer_for
 
-        grammar = grammar_for(schema)
         if loaded.json_tokenizer is None:
             loaded.json_tokenizer = tokenizer_for(loaded.tokenizer, loaded.info.vocab_size)
-        return json_processor(loaded.json_tokenizer, grammar, prompt_tokens, loaded.info.vocab_size)
+        return grammar_processor(
+            loaded.json_tokenizer, grammar, prompt_tokens, loaded.info.vocab_size
+        )
 
     def _cached_prefix(self, loaded: _LoadedModel, prompt: list[int]) -> tuple[Any, list[int]]:
         """The KV cache of the longest earlier sequence sharing a prefix with `prompt` (a
@@ -701,6 +707,32 @@ def _text_machine(tokenizer: Any, request: GenerationRequest) -> TextStateMachin
     if not any(transitions.values()):
         return None
     return TextStateMachine(transitions)
+
+
+def _grammar(tokenizer: Any, request: GenerationRequest) -> str | None:
+    """The grammar this request's answer must follow, if any. A required tool call wins over
+    `response_format` (which shapes text content, and a forced call has none). Tool calls are
+    forced only in the `json_tools` format (Qwen 2.5/3, Hermes, SmolLM3 and kin); for other
+    formats the template still offers the tools, but decoding cannot force a call."""
+    from .constrain import grammar_for, tool_call_grammar
+
+    if request.tool_call_required and request.tools and _forceable_tool_calls(tokenizer):
+        return tool_call_grammar(
+            request.tools,
+            list(tokenizer.encode(tokenizer.tool_call_start, add_special_tokens=False)),
+            list(tokenizer.encode(tokenizer.tool_call_end, add_special_tokens=False)),
+        )
+    if request.json_schema is not None:
+        return grammar_for(request.json_schema)
+    return None
+
+
+def _forceable_tool_calls(tokenizer: Any) -> bool:
+    parser = getattr(tokenizer, "tool_parser", None)
+    return (
+        bool(tokenizer.has_tool_calling and tokenizer.tool_call_end)
+        and getattr(parser, "__module__", "") == "mlx_lm.tool_parsers.json_tools"
+    )
 
 
 def _parse_tool_calls(tokenizer: Any, seq: _Sequence, body: str) -> list[ToolCall] | None:

@@ -51,15 +51,16 @@ async def test_a_loaded_model_keeps_streaming_while_another_loads(
         "small", GenerationRequest(prompt="Hi", max_tokens=4000, sampling=ENDLESS)
     )
     arrivals: list[float] = []
+    streaming = asyncio.Event()
 
     async def consume() -> None:
         async for event in stream:
             if isinstance(event, Chunk):
                 arrivals.append(time.monotonic())
+                streaming.set()
 
     consumer = asyncio.create_task(consume())
-    while not arrivals:
-        await asyncio.sleep(0.01)
+    await streaming.wait()
     started = time.monotonic()
     info = await engine.load(LoadSpec("wide", models / "wide"))
     ended = time.monotonic()

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 from conftest import running_daemon
-from toolmodel import make_tool_model, tool_call_text
+from toolmodel import make_random_tool_model, make_tool_model, tool_call_text
 
 WEATHER_TOOL = {
     "type": "function",
@@ -29,6 +29,31 @@ WEATHER_TOOL = {
     },
 }
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+# Tools whose every argument is an enum: a forced call by a random model is short and finite.
+CITY_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+            "required": ["city"],
+            "additionalProperties": False,  # else a random model may invent endless keys
+        },
+    },
+}
+TIME_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"enum": ["UTC", "CET"]}, "exact": {"type": "boolean"}},
+            "required": ["zone", "exact"],
+            "additionalProperties": False,
+        },
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +62,7 @@ def daemon(
 ) -> Iterator[tuple[str, Any]]:
     root = tmp_path_factory.mktemp("tool-models")
     make_tool_model(root / "toolie")
+    make_random_tool_model(root / "wild", seed=7)
     config = f"hf_cache: false\nmodel_dirs: [{root}, {tiny_models}]\npool: {{max_models: 3}}\n"
     with running_daemon(config) as served:
         yield served
@@ -130,6 +156,80 @@ def test_tool_choice_none_offers_no_tools(client: openai.OpenAI) -> None:
     # Without tools offered the text is not parsed: this model's fixed reply comes back as is.
     assert reply.choices[0].message.content == tool_call_text()
     assert reply.choices[0].finish_reason == "stop"
+
+
+def test_named_tool_choice_forces_a_call_to_that_function(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model="wild",  # random weights: it calls a tool only when decoding forces it
+        messages=ASK,
+        tools=[CITY_TOOL, TIME_TOOL],  # type: ignore[list-item]
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+        temperature=0,
+        max_tokens=80,
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.tool_calls is not None
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_time"  # type: ignore[union-attr]
+    arguments = json.loads(call.function.arguments)  # type: ignore[union-attr]
+    assert arguments["zone"] in {"UTC", "CET"}
+    assert isinstance(arguments["exact"], bool)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_required_tool_choice_forces_a_call_while_streaming(
+    client: openai.OpenAI, seed: int
+) -> None:
+    stream = client.chat.completions.create(
+        model="wild",
+        messages=ASK,
+        tools=[CITY_TOOL, TIME_TOOL],  # type: ignore[list-item]
+        tool_choice="required",
+        temperature=1.0,
+        seed=seed,
+        max_tokens=80,
+        stream=True,
+    )
+    names, arguments, finish = [], "", None
+    for chunk in stream:
+        delta = chunk.choices[0].delta
+        for call in delta.tool_calls or []:
+            if call.function and call.function.name:
+                names.append(call.function.name)
+            if call.function and call.function.arguments:
+                arguments += call.function.arguments
+        finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls"
+    assert len(names) == 1
+    assert names[0] in {"get_weather", "get_time"}
+    parsed = json.loads(arguments)
+    assert parsed.get("city") in {"Paris", "Rome"} or parsed.get("zone") in {"UTC", "CET"}
+
+
+def test_auto_tool_choice_leaves_the_random_model_alone(client: openai.OpenAI) -> None:
+    """The control for the two tests above: unforced, this model writes no tool call."""
+    reply = client.chat.completions.create(
+        model="wild",
+        messages=ASK,
+        tools=[CITY_TOOL, TIME_TOOL],  # type: ignore[list-item]
+        tool_choice="auto",
+        temperature=0,
+        max_tokens=40,
+    )
+    assert not reply.choices[0].message.tool_calls
+    assert reply.choices[0].finish_reason != "tool_calls"
+
+
+def test_a_forced_call_with_an_unusable_parameters_schema_is_a_400(
+    daemon: tuple[str, Any],
+) -> None:
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "bogus"}}}
+    body = {"model": "wild", "messages": ASK, "tools": [tool], "tool_choice": "required"}
+    response = httpx.post(daemon[0] + "/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "tools"
+    assert httpx.get(daemon[0] + "/health").status_code == 200
 
 
 def test_unknown_named_tool_choice_is_a_400(daemon: tuple[str, Any]) -> None:

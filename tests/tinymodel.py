@@ -8,6 +8,7 @@ is a byte-level BPE trained on a few sentences, so any text round-trips.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,16 +68,23 @@ def write_tokenizer(folder: Path, *, vocab_size: int = 320) -> int:
 
 
 def make_tiny_model(
-    folder: Path, *, seed: int = 0, hidden: int = 32, layers: int = 2, context: int = 256
+    folder: Path,
+    *,
+    seed: int = 0,
+    hidden: int = 32,
+    layers: int = 2,
+    context: int = 256,
+    tokenizer: Callable[[Path], int] = write_tokenizer,
 ) -> Path:
     """Write a random-weight llama model folder that mlx_lm.load opens. Runs mlx on the
-    calling thread; tests call it from fixtures, never while an engine uses the arrays."""
+    calling thread; tests call it from fixtures, never while an engine uses the arrays.
+    `tokenizer` writes the tokenizer files into the folder and returns the vocabulary size."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama
 
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = write_tokenizer(folder)
+    vocab = tokenizer(folder)
     config = {
         "model_type": "llama",
         "hidden_size": hidden,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tinymodel import save_tokenizer, train_bpe
+from tinymodel import make_tiny_model, save_tokenizer, train_bpe
 
 # Qwen2.5's template, with a neutral default system prompt. mlx_lm picks the `json_tools` parser
 # because it contains both "<tool_call>" and "tool_call.name".
@@ -170,3 +170,11 @@ def make_tool_model(
     mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     return folder
+
+
+def make_random_tool_model(folder: Path, *, seed: int = 0) -> Path:
+    """A random-weight model with the same tool-calling chat template and markers: left to
+    itself it never writes a well-formed tool call, so a call it makes was forced."""
+    return make_tiny_model(
+        folder, seed=seed, context=4096, tokenizer=lambda target: _write_tokenizer(target, [])[0]
+    )

@@ -131,6 +131,8 @@ def chat_request(body: ChatCompletionRequest, *, default_max_tokens: int) -> Gen
         sampling=_sampling(body),
         logprobs=top,
         tools=_tools(body.tools, body.tool_choice),
+        tool_call_required=bool(body.tools)
+        and (body.tool_choice == "required" or isinstance(body.tool_choice, dict)),
         json_schema=schema_of(body.response_format) if body.response_format else None,
     )
 
@@ -163,7 +165,8 @@ def _tools(
     tools: list[dict[str, Any]] | None, choice: str | dict[str, Any] | None
 ) -> list[dict[str, Any]] | None:
     """The tools the template should offer: `none` offers none; a named function offers only
-    that one; `auto` and `required` offer all (decoding cannot force a call)."""
+    that one; `auto` and `required` offer all. (`required` and a named function also force a
+    call, in the engine.)"""
     if not tools or choice == "none":
         return None
     if isinstance(choice, dict):
