@@ -83,8 +83,8 @@ def test_usage_reports_cached_tokens(tiny_models: Path) -> None:
             "max_tokens": 5,
             "temperature": 0,
         }
-        first = httpx.post(url + "/v1/chat/completions", json=body).json()
-        second = httpx.post(url + "/v1/chat/completions", json=body).json()
+        first = httpx.post(url + "/v1/chat/completions", json=body, timeout=60).json()
+        second = httpx.post(url + "/v1/chat/completions", json=body, timeout=60).json()
     assert first["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
     assert second["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
     assert second["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]

@@ -43,9 +43,12 @@ def test_metrics_move_as_requests_are_served(tiny_models: Path) -> None:
         before = samples(url)
         assert before[("mlxrouter_loaded_models", ())] == 0
         body = {"model": "tiny-a", "prompt": "Hello", "max_tokens": 4, "temperature": 0}
-        assert httpx.post(url + "/v1/completions", json=body).status_code == 200
+        assert httpx.post(url + "/v1/completions", json=body, timeout=60).status_code == 200
         assert (
-            httpx.post(url + "/v1/completions", json={**body, "model": "nope"}).status_code == 404
+            httpx.post(
+                url + "/v1/completions", json={**body, "model": "nope"}, timeout=60
+            ).status_code
+            == 404
         )
         after = samples(url)
         model = (("model", "tiny-a"),)
@@ -148,7 +151,7 @@ def test_sigterm_drains_streams_refuses_new_requests_and_exits_zero(
     process.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     refused = httpx.post(
-        url + "/v1/completions", json={"model": "long", "prompt": "Hi", "max_tokens": 2}
+        url + "/v1/completions", json={"model": "long", "prompt": "Hi", "max_tokens": 2}, timeout=60
     )
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "shutting_down"

@@ -52,7 +52,10 @@ def test_api_key_is_required_everywhere_but_health(guarded: tuple[str, Any]) -> 
         assert wrong.status_code == 401
     assert httpx.get(url + "/health").status_code == 200
     ok = httpx.post(
-        url + "/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer s3cret"}
+        url + "/v1/chat/completions",
+        json=CHAT,
+        headers={"Authorization": "Bearer s3cret"},
+        timeout=60,
     )
     assert ok.status_code == 200
 
@@ -228,13 +231,17 @@ def test_weights_deleted_while_loaded_keep_serving_until_rebuild(
     shutil.copytree(faulty / "good", models / "fleeting")
     with running_daemon(f"hf_cache: false\nmodel_dirs: [{models}]\n") as (url, _):
         assert (
-            httpx.post(url + "/v1/chat/completions", json={**CHAT, "model": "fleeting"}).status_code
+            httpx.post(
+                url + "/v1/chat/completions", json={**CHAT, "model": "fleeting"}, timeout=60
+            ).status_code
             == 200
         )
         (models / "fleeting" / "model.safetensors").unlink()
         # Weights were read into memory at load: the loaded entry keeps answering.
         assert (
-            httpx.post(url + "/v1/chat/completions", json={**CHAT, "model": "fleeting"}).status_code
+            httpx.post(
+                url + "/v1/chat/completions", json={**CHAT, "model": "fleeting"}, timeout=60
+            ).status_code
             == 200
         )
 

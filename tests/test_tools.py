@@ -226,7 +226,7 @@ def test_a_forced_call_with_an_unusable_parameters_schema_is_a_400(
 ) -> None:
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "bogus"}}}
     body = {"model": "wild", "messages": ASK, "tools": [tool], "tool_choice": "required"}
-    response = httpx.post(daemon[0] + "/v1/chat/completions", json=body)
+    response = httpx.post(daemon[0] + "/v1/chat/completions", json=body, timeout=60)
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "tools"
     assert httpx.get(daemon[0] + "/health").status_code == 200
@@ -239,14 +239,14 @@ def test_unknown_named_tool_choice_is_a_400(daemon: tuple[str, Any]) -> None:
         "tools": [WEATHER_TOOL],
         "tool_choice": {"type": "function", "function": {"name": "other"}},
     }
-    response = httpx.post(daemon[0] + "/v1/chat/completions", json=body)
+    response = httpx.post(daemon[0] + "/v1/chat/completions", json=body, timeout=60)
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "tool_choice"
 
 
 def test_model_without_tool_support_refuses_tools(daemon: tuple[str, Any]) -> None:
     body = {"model": "tiny-a", "messages": ASK, "tools": [WEATHER_TOOL]}
-    response = httpx.post(daemon[0] + "/v1/chat/completions", json=body)
+    response = httpx.post(daemon[0] + "/v1/chat/completions", json=body, timeout=60)
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "tools"
     assert "does not support tools" in response.json()["error"]["message"]
@@ -257,12 +257,14 @@ def test_text_content_parts_are_accepted_and_images_refused(daemon: tuple[str, A
     ok = httpx.post(
         daemon[0] + "/v1/chat/completions",
         json={"model": "tiny-a", "messages": [{"role": "user", "content": parts}], "max_tokens": 2},
+        timeout=60,
     )
     assert ok.status_code == 200
     image = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
     refused = httpx.post(
         daemon[0] + "/v1/chat/completions",
         json={"model": "tiny-a", "messages": [{"role": "user", "content": image}]},
+        timeout=60,
     )
     assert refused.status_code == 400
     assert refused.json()["error"]["param"] == "messages"
@@ -273,16 +275,19 @@ def test_compatibility_aliases_and_harmless_fields(daemon: tuple[str, Any]) -> N
         "model": "tiny-a",
         "messages": [{"role": "user", "content": "Hi"}],
         "max_completion_tokens": 3,
+        "logit_bias": {"2": -100},  # no end-of-sequence: exactly max_completion_tokens come back
         "user": "someone",
         "parallel_tool_calls": False,
         "metadata": {"k": "v"},
         "store": False,
     }
-    response = httpx.post(daemon[0] + "/chat/completions", json=body)
+    response = httpx.post(daemon[0] + "/chat/completions", json=body, timeout=60)
     assert response.status_code == 200
     assert response.json()["usage"]["completion_tokens"] == 3
     text = httpx.post(
-        daemon[0] + "/completions", json={"model": "tiny-a", "prompt": "Hi", "max_tokens": 2}
+        daemon[0] + "/completions",
+        json={"model": "tiny-a", "prompt": "Hi", "max_tokens": 2},
+        timeout=60,
     )
     assert text.status_code == 200
 

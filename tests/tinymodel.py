@@ -138,7 +138,14 @@ def make_tiny_adapter(
 
 
 def train_tiny_adapter(
-    folder: Path, base_folder: Path, *, base_ref: str, prompt: str, target: str, steps: int = 300
+    folder: Path,
+    base_folder: Path,
+    *,
+    base_ref: str,
+    prompt: str,
+    target: str,
+    steps: int = 300,
+    max_steps: int = 2000,
 ) -> Path:
     """Train a real LoRA adapter (mlx_lm's LoRA layers, Adam, cross-entropy) so the base
     model answers `prompt` (a chat message) with `target`. Overfits on one example: seconds
@@ -147,7 +154,7 @@ def train_tiny_adapter(
     import mlx.optimizers as optim
     from mlx import nn
     from mlx.utils import tree_flatten
-    from mlx_lm import load
+    from mlx_lm import generate, load
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
     mx.random.seed(0)
@@ -173,10 +180,17 @@ def train_tiny_adapter(
 
     optimizer = optim.Adam(learning_rate=1e-2)
     step = nn.value_and_grad(model, loss)
-    for _ in range(steps):
-        _, grads = step(model)
-        optimizer.update(model, grads)
-        mx.eval(model.trainable_parameters(), optimizer.state)
+    done = 0
+    # At least `steps`, then on until greedy decoding gives the target: devices differ in
+    # float precision (CUDA may use TF32), so a fixed count is not enough everywhere.
+    while done < steps or generate(model, tokenizer, context, max_tokens=len(answer)) != target:
+        if done >= max_steps:
+            raise RuntimeError(f"the adapter did not learn {target!r} in {max_steps} steps")
+        for _ in range(100):
+            _, grads = step(model)
+            optimizer.update(model, grads)
+            mx.eval(model.trainable_parameters(), optimizer.state)
+        done += 100
     folder.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(
         str(folder / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters()))
