@@ -158,12 +158,21 @@ def test_tool_choice_none_offers_no_tools(client: openai.OpenAI) -> None:
     assert reply.choices[0].finish_reason == "stop"
 
 
-def test_named_tool_choice_forces_a_call_to_that_function(client: openai.OpenAI) -> None:
-    reply = client.chat.completions.create(
-        model="wild",  # random weights: it calls a tool only when decoding forces it
-        messages=ASK,
+def ask_wild(client: openai.OpenAI, tool_choice: Any, **options: Any) -> Any:
+    """Ask the random-weight model, which calls a tool only when decoding forces it."""
+    return client.chat.completions.create(
+        model="wild",
+        messages=ASK,  # type: ignore[arg-type]
         tools=[CITY_TOOL, TIME_TOOL],  # type: ignore[list-item]
-        tool_choice={"type": "function", "function": {"name": "get_time"}},
+        tool_choice=tool_choice,
+        **options,
+    )
+
+
+def test_named_tool_choice_forces_a_call_to_that_function(client: openai.OpenAI) -> None:
+    reply = ask_wild(
+        client,
+        {"type": "function", "function": {"name": "get_time"}},
         temperature=0,
         max_tokens=80,
     )
@@ -181,16 +190,7 @@ def test_named_tool_choice_forces_a_call_to_that_function(client: openai.OpenAI)
 def test_required_tool_choice_forces_a_call_while_streaming(
     client: openai.OpenAI, seed: int
 ) -> None:
-    stream = client.chat.completions.create(
-        model="wild",
-        messages=ASK,
-        tools=[CITY_TOOL, TIME_TOOL],  # type: ignore[list-item]
-        tool_choice="required",
-        temperature=1.0,
-        seed=seed,
-        max_tokens=80,
-        stream=True,
-    )
+    stream = ask_wild(client, "required", temperature=1.0, seed=seed, max_tokens=80, stream=True)
     names, arguments, finish = [], "", None
     for chunk in stream:
         delta = chunk.choices[0].delta
@@ -209,14 +209,7 @@ def test_required_tool_choice_forces_a_call_while_streaming(
 
 def test_auto_tool_choice_leaves_the_random_model_alone(client: openai.OpenAI) -> None:
     """The control for the two tests above: unforced, this model writes no tool call."""
-    reply = client.chat.completions.create(
-        model="wild",
-        messages=ASK,
-        tools=[CITY_TOOL, TIME_TOOL],  # type: ignore[list-item]
-        tool_choice="auto",
-        temperature=0,
-        max_tokens=40,
-    )
+    reply = ask_wild(client, "auto", temperature=0, max_tokens=40)
     assert not reply.choices[0].message.tool_calls
     assert reply.choices[0].finish_reason != "tool_calls"
 
