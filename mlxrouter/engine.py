@@ -609,8 +609,11 @@ class Engine:
         for uid in finished:
             loaded.sequences.pop(uid, None)
         if finished:
-            # The batch drops sequences it finished itself; a stop string ends one early.
-            loaded.batch.remove(finished)
+            # The batch drops sequences it finished itself; a stop string ends one early, and
+            # its KV cache is kept as a finished one's is (mlx_lm keeps cache and tokens in step).
+            keep = self.prompt_cache_bytes > 0
+            for cache, tokens in loaded.batch.remove(finished, return_prompt_caches=keep).values():
+                loaded.prompt_cache.insert_cache(loaded.spec.key, list(tokens), cache)
 
     def _deliver(self, loaded: _LoadedModel, seq: _Sequence, response: Any) -> bool:
         """Turn one token into a Chunk (and maybe Finished). True when the sequence ended."""

@@ -14,16 +14,27 @@ from conftest import running_daemon
 
 from mlxrouter.engine import Chunk, Engine, Finished, GenerationRequest, LoadSpec, SamplingParams
 
+GREEDY = SamplingParams(temperature=0)
+# Greedy decoding of a random model repeats one short token; seeded sampling varies them.
+VARIED = SamplingParams(temperature=1.0, seed=5)
 PROMPTS = ["Hello there", "The quick brown fox", "What is the capital of France?", "0123 abc"]
 
 
 async def answer(
-    engine: Engine, key: str, messages: list[dict[str, str]], max_tokens: int = 10
+    engine: Engine,
+    key: str,
+    messages: list[dict[str, str]],
+    max_tokens: int = 10,
+    stop: tuple[str, ...] = (),
+    sampling: SamplingParams = GREEDY,
 ) -> tuple[str, Finished]:
     stream = await engine.generate(
         key,
         GenerationRequest(
-            messages=messages, max_tokens=max_tokens, sampling=SamplingParams(temperature=0)
+            messages=messages,
+            max_tokens=max_tokens,
+            stop=stop,
+            sampling=sampling,
         ),
     )
     text, finished = [], None
@@ -73,6 +84,39 @@ async def test_cached_prefix_answers_equal_uncached_ones(engines: tuple[Engine, 
     # The same prompt again starts from the cache too, and answers the same.
     again, finished = await answer(cached, "tiny-a", follow_up)
     assert finished.cached_tokens > 0 and again == with_cache
+
+
+async def token_texts(engine: Engine, key: str, messages: list[dict[str, str]]) -> list[str]:
+    """The tokens of a VARIED answer, as text."""
+    request = GenerationRequest(messages=messages, max_tokens=12, logprobs=0, sampling=VARIED)
+    stream = await engine.generate(key, request)
+    return [lp.token async for e in stream if isinstance(e, Chunk) for lp in e.logprobs]
+
+
+async def test_an_answer_cut_by_a_stop_string_mid_token_is_cached_too(
+    engines: tuple[Engine, Engine],
+) -> None:
+    """A stop string that starts inside a token is found in the text, not by mlx_lm's token
+    matcher; the sequence's KV cache must still be kept for the follow-up turn."""
+    cached, plain = engines
+    turn = [{"role": "user", "content": "0123 abc"}]
+    tokens = await token_texts(plain, "tiny-a", turn)
+    at = next(
+        i
+        for i, t in enumerate(tokens)
+        if i > 0 and len(t) >= 2 and t.isascii() and t.isprintable() and t[1:].strip()
+    )
+    stop = tokens[at][1:]
+    reply, finished = await answer(
+        cached, "tiny-a", turn, max_tokens=12, stop=(stop,), sampling=VARIED
+    )
+    assert finished.finish_reason == "stop"
+    assert stop not in reply and len(reply) < len("".join(tokens))
+    follow_up = [*turn, {"role": "assistant", "content": reply}, {"role": "user", "content": "So?"}]
+    with_cache, finished = await answer(cached, "tiny-a", follow_up)
+    without_cache, _ = await answer(plain, "tiny-a", follow_up)
+    assert finished.cached_tokens > 0
+    assert with_cache == without_cache
 
 
 def test_usage_reports_cached_tokens(tiny_models: Path) -> None:
