@@ -162,6 +162,37 @@ class Finished:
 Event = Started | Chunk | Finished
 
 
+class _Outbox:
+    """Events the engine thread has produced since its last hand-off. They go to each event
+    loop in one call per engine turn, not one per token: a batched step of N sequences wakes
+    the loop once. Engine thread only."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[GenerationStream, Event | BaseException]] = []
+
+    def put(self, stream: GenerationStream, item: Event | BaseException) -> None:
+        self._items.append((stream, item))
+
+    def flush(self) -> None:
+        if not self._items:
+            return
+        items, self._items = self._items, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[GenerationStream, Any]]] = {}
+        for stream, item in items:
+            by_loop.setdefault(stream._loop, []).append((stream, item))
+        for loop, batch in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_hand_over, batch)
+            except RuntimeError:  # the loop has closed: nobody is listening any more
+                for stream, _ in batch:
+                    stream.cancelled = True
+
+
+def _hand_over(batch: list[tuple[GenerationStream, Event | BaseException]]) -> None:
+    for stream, item in batch:
+        stream._queue.put_nowait(item)
+
+
 class GenerationStream:
     """One request's channel from the engine thread to the event loop.
 
@@ -169,21 +200,21 @@ class GenerationStream:
     engine to stop at its next token step, which frees the request's batch slot.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None]) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, wake: Callable[[], None], outbox: _Outbox
+    ) -> None:
         self._loop = loop
         self._wake = wake
+        self._outbox = outbox
         self._queue: asyncio.Queue[Event | BaseException] = asyncio.Queue()
         self.cancelled = False
         self.done = False
 
     def _emit(self, item: Event | BaseException) -> None:
-        """Engine thread only."""
+        """Engine thread only; delivered at the engine's next hand-off."""
         if isinstance(item, Finished | BaseException):
             self.done = True
-        try:
-            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
-        except RuntimeError:  # the loop has closed: nobody is listening any more
-            self.cancelled = True
+        self._outbox.put(self, item)
 
     def cancel(self) -> None:
         if not self.done:
@@ -272,6 +303,7 @@ class Engine:
         self._commands: queue.SimpleQueue[_Command | None] = queue.SimpleQueue()
         self._models: dict[str, _LoadedModel] = {}
         self._loads: list[_PendingLoad] = []
+        self._outbox = _Outbox()
         # Tokenizers never touch MLX, so they may load off the engine thread, beside weights.
         self._tokenizer_pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"{name}-tokenizer"
@@ -312,7 +344,7 @@ class Engine:
         """Queue a request on a loaded model and return its channel once the prompt is
         accepted (so prompt errors surface before any response is sent)."""
         loop = asyncio.get_running_loop()
-        stream = GenerationStream(loop, self._wake)
+        stream = GenerationStream(loop, self._wake, self._outbox)
         await self.call(lambda: self._submit(key, request, stream))
         return stream
 
@@ -340,8 +372,10 @@ class Engine:
                     pending.unread for pending in self._loads
                 )
                 self._drain_commands(block=not busy)
+                self._outbox.flush()  # Started events and errors of the commands just run
                 self._step_all()
                 self._advance_loads()
+                self._outbox.flush()  # this turn's tokens, one wake-up per event loop
         except BaseException as exc:  # the thread must report why it died, then stop
             log.exception("engine thread failed")
             self._failure = exc
@@ -349,6 +383,7 @@ class Engine:
                 for seq in loaded.sequences.values():
                     seq.stream._emit(EngineError("The generation engine failed"))
         finally:
+            self._outbox.flush()
             for pending in self._loads:
                 _fail_waiters(pending, EngineError("The generation engine stopped"))
             self._loads.clear()
