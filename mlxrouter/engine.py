@@ -57,6 +57,11 @@ T = TypeVar("T")
 
 # How long the idle thread sleeps on its queue before checking for shutdown.
 _IDLE_POLL_S = 0.5
+# An idle engine woken by a command waits this long for more before it steps (up to the cap),
+# so a burst of requests is prefilled in one batch rather than one first and the rest a whole
+# prefill later; a lone request pays at most one window.
+_BURST_WINDOW_S = 0.005
+_BURST_CAP_S = 0.05
 # Weights evaluated per engine step while a model loads: small enough that streams of loaded
 # models keep flowing, large enough that the reads stay sequential and fast.
 _LOAD_SLICE_BYTES = 64 * 2**20
@@ -165,10 +170,13 @@ Event = Started | Chunk | Finished
 class _Outbox:
     """Events the engine thread has produced since its last hand-off. They go to each event
     loop in one call per engine turn, not one per token: a batched step of N sequences wakes
-    the loop once. Engine thread only."""
+    the loop once, and not at all while the loop has yet to take the previous hand-off (the
+    events join it). `put` and `flush` run on the engine thread, `_take` on the loop."""
 
     def __init__(self) -> None:
         self._items: list[tuple[GenerationStream, Event | BaseException]] = []
+        self._lock = threading.Lock()
+        self._untaken: dict[asyncio.AbstractEventLoop, list[tuple[GenerationStream, Any]]] = {}
 
     def put(self, stream: GenerationStream, item: Event | BaseException) -> None:
         self._items.append((stream, item))
@@ -181,16 +189,24 @@ class _Outbox:
         for stream, item in items:
             by_loop.setdefault(stream._loop, []).append((stream, item))
         for loop, batch in by_loop.items():
+            with self._lock:
+                if loop in self._untaken:  # a wake-up is on its way: ride along
+                    self._untaken[loop].extend(batch)
+                    continue
+                self._untaken[loop] = batch
             try:
-                loop.call_soon_threadsafe(_hand_over, batch)
+                loop.call_soon_threadsafe(self._take, loop)
             except RuntimeError:  # the loop has closed: nobody is listening any more
+                with self._lock:
+                    self._untaken.pop(loop, None)
                 for stream, _ in batch:
                     stream.cancelled = True
 
-
-def _hand_over(batch: list[tuple[GenerationStream, Event | BaseException]]) -> None:
-    for stream, item in batch:
-        stream._queue.put_nowait(item)
+    def _take(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            batch = self._untaken.pop(loop, [])
+        for stream, item in batch:
+            stream._queue.put_nowait(item)
 
 
 class GenerationStream:
@@ -398,17 +414,23 @@ class Engine:
                 self._step_safely(loaded)
 
     def _drain_commands(self, *, block: bool) -> None:
+        """Run the queued commands. `block` (the engine is idle): wait for the first, then
+        linger for a burst of others (see _BURST_WINDOW_S)."""
         try:
             command = (
                 self._commands.get(timeout=_IDLE_POLL_S) if block else self._commands.get_nowait()
             )
         except queue.Empty:
             return
+        deadline = time.monotonic() + _BURST_CAP_S
         while True:
             if command is not None:
                 self._execute(command)
+            wait = min(_BURST_WINDOW_S, deadline - time.monotonic()) if block else 0.0
             try:
-                command = self._commands.get_nowait()
+                command = (
+                    self._commands.get(timeout=wait) if wait > 0 else self._commands.get_nowait()
+                )
             except queue.Empty:
                 return
 
