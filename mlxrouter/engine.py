@@ -277,7 +277,7 @@ class _PendingLoad:
     unread: list[Any]  # parameter arrays not yet evaluated, in file order
     nbytes: int
     started: float
-    waiters: list[tuple[asyncio.Future[ModelInfo], asyncio.AbstractEventLoop]]
+    waiters: list[asyncio.Future[ModelInfo]]  # each resolved on its own event loop
 
 
 @dataclass(slots=True)
@@ -349,7 +349,7 @@ class Engine:
         which the models already loaded keep generating."""
         loop = asyncio.get_running_loop()
         loaded: asyncio.Future[ModelInfo] = loop.create_future()
-        await self.call(lambda: self._start_load(spec, loaded, loop))
+        await self.call(lambda: self._start_load(spec, loaded))
         return await loaded
 
     async def unload(self, key: str) -> None:
@@ -443,20 +443,15 @@ class Engine:
         else:
             command.loop.call_soon_threadsafe(_set_result, command.future, result)
 
-    def _start_load(
-        self,
-        spec: LoadSpec,
-        loaded: asyncio.Future[ModelInfo],
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
+    def _start_load(self, spec: LoadSpec, loaded: asyncio.Future[ModelInfo]) -> None:
         """Build the model with lazily mapped weights and start its tokenizer; the weights are
         then read a slice per engine step (`_advance_loads`) and `loaded` resolves at the end."""
         if spec.key in self._models:
-            loop.call_soon_threadsafe(_set_result, loaded, self._models[spec.key].info)
+            _resolve(loaded, self._models[spec.key].info)
             return
         for pending in self._loads:
             if pending.spec == spec:
-                pending.waiters.append((loaded, loop))
+                pending.waiters.append(loaded)
                 return
         started = time.perf_counter()
         base = self._models.get(spec.base_key) if spec.base_key else None
@@ -467,7 +462,7 @@ class Engine:
                 model, tokenizer = _adapter_on_base(base, spec.adapter_path)
                 nbytes = max(int(mx.get_active_memory() - before), 0)
                 info = self._register(spec, model, tokenizer, nbytes, started)
-                loop.call_soon_threadsafe(_set_result, loaded, info)
+                _resolve(loaded, info)
                 return
             # The tokenizer starts first, so it loads while the model is built and read.
             tokenizer = self._tokenizer_pool.submit(
@@ -496,7 +491,7 @@ class Engine:
                 unread=unread,
                 nbytes=sum(int(a.nbytes) for a in unread),
                 started=started,
-                waiters=[(loaded, loop)],
+                waiters=[loaded],
             )
         )
 
@@ -525,8 +520,8 @@ class Engine:
             info = self._register(
                 pending.spec, pending.model, tokenizer, pending.nbytes, pending.started
             )
-            for future, loop in pending.waiters:
-                loop.call_soon_threadsafe(_set_result, future, info)
+            for future in pending.waiters:
+                _resolve(future, info)
 
     def _abandon_load(self, pending: _PendingLoad, error: Exception) -> None:
         if pending in self._loads:
@@ -849,8 +844,13 @@ def _load_failed(spec: LoadSpec, exc: BaseException) -> ModelLoadError:
 
 
 def _fail_waiters(pending: _PendingLoad, error: Exception) -> None:
-    for future, loop in pending.waiters:
-        loop.call_soon_threadsafe(_set_exception, future, error)
+    for future in pending.waiters:
+        future.get_loop().call_soon_threadsafe(_set_exception, future, error)
+
+
+def _resolve(future: asyncio.Future[ModelInfo], info: ModelInfo) -> None:
+    """Engine thread: settle a load's future on the event loop that awaits it."""
+    future.get_loop().call_soon_threadsafe(_set_result, future, info)
 
 
 def _set_result(future: asyncio.Future[Any], result: Any) -> None:
