@@ -290,7 +290,7 @@ class _LoadedModel:
     info: ModelInfo
     prompt_cache: Any  # mlx_lm LRUPromptCache: finished sequences' KV caches by token prefix
     batch: Any = None  # BatchGenerator, made on first use
-    json_tokenizer: Any = None  # llguidance's tokenizer, made on the first JSON request
+    ll_tokenizer: Any = None  # llguidance's tokenizer, made on the first constrained request
     sequences: dict[int, _Sequence] = field(default_factory=dict)
 
 
@@ -611,10 +611,10 @@ class Engine:
     def _constrain(loaded: _LoadedModel, grammar: str, prompt_tokens: int) -> Any:
         from .constrain import grammar_processor, tokenizer_for
 
-        if loaded.json_tokenizer is None:
-            loaded.json_tokenizer = tokenizer_for(loaded.tokenizer, loaded.info.vocab_size)
+        if loaded.ll_tokenizer is None:
+            loaded.ll_tokenizer = tokenizer_for(loaded.tokenizer, loaded.info.vocab_size)
         return grammar_processor(
-            loaded.json_tokenizer, grammar, prompt_tokens, loaded.info.vocab_size
+            loaded.ll_tokenizer, grammar, prompt_tokens, loaded.info.vocab_size
         )
 
     def _cached_prefix(self, loaded: _LoadedModel, prompt: list[int]) -> tuple[Any, list[int]]:

@@ -125,16 +125,7 @@ def make_tiny_adapter(
     adapters = {}
     for name, value in tree_flatten(model.trainable_parameters()):
         adapters[name] = mx.random.normal(value.shape) * 0.5 if name.endswith("lora_b") else value
-    folder.mkdir(parents=True, exist_ok=True)
-    mx.save_safetensors(str(folder / "adapters.safetensors"), adapters)
-    config = {
-        "model": base_ref,
-        "fine_tune_type": "lora",
-        "num_layers": layers,
-        "lora_parameters": lora,
-    }
-    (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
-    return folder
+    return save_adapter(folder, adapters, base_ref=base_ref, layers=layers, lora=lora)
 
 
 def train_tiny_adapter(
@@ -191,10 +182,18 @@ def train_tiny_adapter(
             optimizer.update(model, grads)
             mx.eval(model.trainable_parameters(), optimizer.state)
         done += 100
+    adapters = dict(tree_flatten(model.trainable_parameters()))
+    return save_adapter(folder, adapters, base_ref=base_ref, layers=layers, lora=lora)
+
+
+def save_adapter(
+    folder: Path, adapters: dict[str, Any], *, base_ref: str, layers: int, lora: dict[str, Any]
+) -> Path:
+    """Write an adapter folder in the format mlx_lm.lora saves (weights + adapter_config)."""
+    import mlx.core as mx
+
     folder.mkdir(parents=True, exist_ok=True)
-    mx.save_safetensors(
-        str(folder / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters()))
-    )
+    mx.save_safetensors(str(folder / "adapters.safetensors"), adapters)
     config = {
         "model": base_ref,
         "fine_tune_type": "lora",
