@@ -64,6 +64,9 @@ class _Progress:
     def __call__(self, stage: str, fraction: float) -> None:
         if stage != self._stage:
             self._stage = stage
+            if self._bar.disable:
+                # No bar off a terminal (a log, a service): one line per stage instead.
+                print(f"mlxrouter: {self._title}: {stage}", file=sys.stderr, flush=True)
             self._bar.reset()
             self._bar.set_description(f"{self._title}: {stage}")
         self._bar.update(max(0, round(fraction * 100) - self._bar.n))
@@ -140,42 +143,107 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _served_id(folder: Path) -> str | None:
+    """The id the registry gives `folder`: its path below a scanned model folder, one level
+    (`name`) or two (`org/name`) deep; None when no scanned folder holds it."""
+    try:
+        config = load_config(_config_path(None))
+    except MlxRouterError:
+        config = Config()  # a broken config file must not hide a finished conversion
+    for root in config.model_dir_paths():
+        try:
+            parts = folder.resolve().relative_to(root.expanduser().resolve()).parts
+        except ValueError:
+            continue
+        if 1 <= len(parts) <= 2:
+            return "/".join(parts)
+    return None
+
+
 def cmd_import_gguf(args: argparse.Namespace) -> int:
-    from .gguf import convert_gguf
+    from .gguf import convert_gguf, model_id_for
 
     source = Path(args.file).expanduser()
     if not source.is_file():
         raise MlxRouterError(f"no such file: {args.file}")
-    out = Path(args.out_dir) if args.out_dir else default_paths().models_dir / source.stem
+    if args.out_dir:
+        out = Path(args.out_dir).expanduser()
+    else:
+        out = default_paths().models_dir / model_id_for(source.name)
     result = _with_progress(
         f"Converting {source.name}", lambda p: convert_gguf(source, out, progress=p)
     )
-    print(result)
+    served = _served_id(result)
+    if served is None:
+        print(
+            f"converted to {result}; to serve it, add its parent folder to `model_dirs`"
+            " or give it a `models:` entry"
+        )
+    else:
+        print(f"converted to {result}; served as `{served}`")
     return 0
 
 
 # ---- talking to the running daemon ----------------------------------------------------------
 
 
+#: Where the client commands find the daemon when --url is not given.
+URL_ENV = "MLXROUTER_URL"
+
+
+def connect_url(host: str, port: int) -> str:
+    """The URL to reach a daemon listening on host:port; a wildcard address means this
+    machine. Also used by `serve`'s ready line (this module imports nothing heavy)."""
+    if host in ("0.0.0.0", ""):  # noqa: S104 - not binding, naming the local end
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _daemon_url(args: argparse.Namespace, config: Config, path: Path | None) -> tuple[str, str]:
+    """(base URL, where it came from): --url, else $MLXROUTER_URL, else the config's host and
+    port. A scheme-less URL gets http://; a trailing /v1 (the OpenAI base URL) is dropped."""
+    import os
+
+    if args.url:
+        url, source = args.url, "--url"
+    elif os.environ.get(URL_ENV):
+        url, source = os.environ[URL_ENV], URL_ENV
+    else:
+        url = connect_url(config.host, config.port)
+        source = f"the config file {path}" if path else "the default host and port"
+    url = url.strip().rstrip("/")
+    if "://" not in url:
+        url = "http://" + url
+    url = url.removesuffix("/v1")
+    return url, source
+
+
 def _daemon_call(args: argparse.Namespace, method: str, path: str, body: object = None) -> Any:
-    """One request to the running daemon, at --url or the config's host and port."""
+    """One request to the running daemon, at the URL `_daemon_url` picks."""
     import os
 
     import httpx
 
-    config, _ = _load(args)
-    url = args.url
-    if not url:
-        host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host  # noqa: S104
-        url = f"http://{host}:{config.port}"
+    config, config_path = _load(args)
+    url, source = _daemon_url(args, config, config_path)
     key = config.api_key or os.environ.get("MLXROUTER_API_KEY")
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
         response = httpx.request(
-            method, url.rstrip("/") + path, json=body, headers=headers, timeout=args.timeout
+            method, url + path, json=body, headers=headers, timeout=args.timeout
         )
+    except httpx.ConnectError:
+        raise MlxRouterError(
+            f"no mlxrouter daemon answers at {url} (from {source}); start one with "
+            f"`mlxrouter serve`, or point to it with --url URL or {URL_ENV}=URL"
+        ) from None
     except httpx.HTTPError as exc:
-        raise MlxRouterError(f"cannot reach the daemon at {url} ({exc})") from None
+        raise MlxRouterError(
+            f"cannot reach the daemon at {url} (from {source}): {exc or type(exc).__name__}; "
+            f"point elsewhere with --url URL or {URL_ENV}=URL"
+        ) from None
     try:
         data = response.json()
     except ValueError:
@@ -236,8 +304,13 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
+    # The answer names the resolved entry (an alias resolves to its model), so compare that
+    # with what the pool held before.
+    before = _daemon_call(args, "GET", "/admin/pool")
+    loaded_before = {e["id"] for e in before["entries"] if e["state"] == "loaded"}
     result = _daemon_call(args, "POST", "/admin/load", {"model": args.id, "adapter": args.adapter})
-    print(f"loaded {result['loaded']}")
+    key = result["loaded"]
+    print(f"{key} was already loaded" if key in loaded_before else f"loaded {key}")
     return 0
 
 
@@ -253,14 +326,18 @@ def cmd_service(args: argparse.Namespace) -> int:
     from . import service
 
     config = Path(args.config).expanduser().resolve() if args.config else None
-    if args.action == "show":
-        print(service.show(config))
-    elif args.action == "install":
-        installed = service.install(config, force=args.force)
-        print(f"installed and started: {installed.path}")
-    else:
+    if args.action == "uninstall":
         removed = service.uninstall(force=args.force)
         print(f"stopped and removed: {removed}" if removed else "no mlxrouter service installed")
+        return 0
+    if args.action == "show":
+        print(service.show(config))
+    else:
+        installed = service.install(config, force=args.force)
+        print(f"installed and started: {installed.path}")
+    warning = service.config_warning(config)
+    if warning:
+        print(f"mlxrouter: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -301,11 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mlxrouter {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, help_: str, example: str) -> argparse.ArgumentParser:
+    def command(
+        name: str, help_: str, example: str, description: str | None = None
+    ) -> argparse.ArgumentParser:
         return sub.add_parser(
             name,
             help=help_,
-            description=help_,
+            description=description or help_,
             epilog=f"example:\n  {example}",
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
@@ -320,9 +399,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
 
-    models = command("models", "list what the registry sees (no daemon needed)", "mlxrouter models")
-    _add_config_flags(models)
-    models.set_defaults(func=cmd_models)
+    models = command(
+        "models",
+        "list the models the config would serve (scans the disk; no daemon needed)",
+        "mlxrouter models --config ~/mlxrouter.yaml",
+        description=(
+            "List the models, adapters and aliases the config would serve, by scanning its\n"
+            "sources now: `model_dirs`, the data folder's models/, the HF cache (when\n"
+            "`hf_cache` is on) and `models:` entries. No daemon is needed or asked; see\n"
+            "`mlxrouter ps` for what a running daemon has loaded."
+        ),
+    )
+    models.add_argument(
+        "--config",
+        metavar="FILE",
+        help="config whose sources to scan (default: see `mlxrouter paths`)",
+    )
+    # Host and port do not change what is found: no such flags here.
+    models.set_defaults(func=cmd_models, host=None, port=None)
 
     gguf = command(
         "import-gguf",
@@ -339,7 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(
             "--config", metavar="FILE", help="config naming the daemon's host and port"
         )
-        parser.add_argument("--url", help="the daemon's URL (default: from the config)")
+        parser.add_argument(
+            "--url",
+            help=f"the daemon's URL (default: ${URL_ENV}, else the config's host and port)",
+        )
         parser.add_argument(
             "--timeout", type=float, default=600.0, help="seconds to wait (default 600)"
         )

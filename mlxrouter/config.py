@@ -50,6 +50,8 @@ class ModelEntryConfig(_Strict, frozen=True, forbid_unknown_fields=True, kw_only
     preload: bool = False
     ttl: str | float | None = None
     trust_remote_code: bool = False
+    #: sampling temperature for requests to this id that name none (else `default_temperature`)
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
 
 
 class Config(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -65,6 +67,8 @@ class Config(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     log_level: str = "info"
     #: the largest completion a request gets when it names no max_tokens
     default_max_tokens: Annotated[int, msgspec.Meta(ge=1)] = 2048
+    #: sampling temperature for requests that name none; unset, OpenAI's default 1.0 applies
+    default_temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
     #: Host header names accepted besides loopback ones ("*" accepts any: not advised)
     allowed_hosts: list[str] = msgspec.field(default_factory=list)
     #: browser origins allowed by CORS (none by default)

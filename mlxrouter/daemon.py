@@ -99,9 +99,11 @@ class Target:
 class Daemon:
     """Owns the engine thread, the pool and the current registry. Event-loop side.
 
-    With `watch=True`, the config file, the model folders and the HF cache are watched; each
-    settled burst of changes rebuilds the registry off the event loop and swaps it in whole.
-    A config that does not parse keeps the last good one and marks `/health` degraded."""
+    With `watch=True`, the config file's folder, the model folders and the HF cache are
+    watched; each settled burst of changes rebuilds the registry off the event loop and swaps
+    it in whole. `config_path` need not exist: a file created later is read, and deleting it
+    goes back to the defaults (plus `overrides`). A config that does not parse keeps the last
+    good one and marks `/health` degraded."""
 
     def __init__(
         self,
@@ -115,7 +117,15 @@ class Daemon:
         #: fields the command line set (--host, --port, the demo's default_model): kept on reload
         self.overrides = dict(overrides or {})
         self.config = config
-        self.config_path = config_path
+        # The folder resolved, the name kept: watchfiles reports real paths (macOS's /var is a
+        # link) and absolute ones, and a relative --config must still match them.
+        self.config_path = (
+            config_path.expanduser().parent.resolve() / config_path.name
+            if config_path is not None
+            else None
+        )
+        #: whether the file was there at the last look, to log its appearing and going once
+        self._config_present = self.config_path is not None and self.config_path.exists()
         self.registry = registry if registry is not None else build_registry(config)
         self.engine = Engine(prompt_cache_bytes=parse_bytes(config.pool.prompt_cache_bytes))
         self.pool = Pool(self.engine, pool_limits(config))
@@ -136,6 +146,13 @@ class Daemon:
 
     async def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._reap_idle(), name="pool-reaper"))
+        if self._watch and self.config_path is not None:
+            # Watch the config's own folder even before the file exists; a missing folder
+            # would otherwise be watched through a far larger parent (the home folder).
+            try:
+                self.config_path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                log.warning("cannot create the config folder %s: %s", self.config_path.parent, exc)
         if self._watch:
             self._tasks.append(asyncio.create_task(self._watch_sources(), name="watcher"))
         for entry in self.registry:
@@ -169,12 +186,18 @@ class Daemon:
         )
 
     async def _watch_sources(self) -> None:
+        restarted = False
         while not self._watch_stop.is_set():
             watching = self.watch_set()
             stop = asyncio.Event()
             self._restart_watch = stop
             waiter = asyncio.create_task(self._watch_stop.wait())
             watcher = asyncio.create_task(watch_changes(watching, self.request_reload, stop))
+            if restarted:
+                # Changes made while no watcher ran went unseen: look once more. The reload
+                # runs after the new watcher's first step, which starts watching.
+                self.request_reload()
+            restarted = True
             await asyncio.wait({waiter, watcher}, return_when=asyncio.FIRST_COMPLETED)
             stop.set()
             waiter.cancel()
@@ -196,19 +219,22 @@ class Daemon:
 
     async def reload(self) -> RegistryDiff:
         """Re-read the config (if any), rebuild the registry off the event loop and swap it in.
-        A bad config keeps the last good one; requests in flight finish on what they leased."""
+        No file means the defaults; a bad config keeps the last good one; requests in flight
+        finish on what they leased."""
         config = self.config
         if self.config_path is not None:
             try:
-                loaded = await asyncio.to_thread(load_config, self.config_path)
+                loaded = await asyncio.to_thread(_read_config, self.config_path)
             except ConfigError as exc:
+                self._config_present = True
                 # Name the file, not its folder: /health is readable without a key.
                 self.config_error = exc.message.replace(
                     str(self.config_path), self.config_path.name
                 )
                 log.error("config not applied, keeping the last good one: %s", exc.message)
             else:
-                config = msgspec.structs.replace(loaded, **self.overrides)
+                self._note_config_presence(present=loaded is not None)
+                config = msgspec.structs.replace(loaded or Config(), **self.overrides)
                 self.config_error = None
         registry = await asyncio.to_thread(build_registry, config)
         diff = diff_registries(self.registry, registry)
@@ -229,6 +255,17 @@ class Daemon:
         if self.watch_set() != old_watch:
             self._restart_watch.set()
         return diff
+
+    def _note_config_presence(self, *, present: bool) -> None:
+        if present and not self._config_present:
+            log.info("config file %s appeared: applying it", self.config_path)
+        elif not present and self._config_present:
+            log.warning(
+                "config file %s is gone: back to the built-in defaults "
+                "(plus the command line's settings)",
+                self.config_path,
+            )
+        self._config_present = present
 
     def busy(self) -> bool:
         """Requests in flight, waiting for room, or a load under way (the drain waits)."""
@@ -270,6 +307,20 @@ class Daemon:
                 )
             adapter_entry = named
         return Target(requested=name, model=entry, adapter=adapter_entry)
+
+    def default_temperature(self, target: Target) -> float:
+        """The temperature for a request that names none: the `models:` entry's (the id asked
+        for, then the adapter's, then the model's), else `default_temperature`, else OpenAI's
+        1.0."""
+        names = [target.requested, target.model.id]
+        if target.adapter is not None:
+            names.insert(1, target.adapter.id)
+        for name in names:
+            entry = self.config.models.get(name)
+            if entry is not None and entry.temperature is not None:
+                return entry.temperature
+        default = self.config.default_temperature
+        return 1.0 if default is None else default
 
     @asynccontextmanager
     async def lease(
@@ -326,6 +377,13 @@ class Daemon:
 
     async def generate(self, lease: Lease, request: GenerationRequest) -> GenerationStream:
         return await self.engine.generate(lease.key, request)
+
+
+def _read_config(path: Path) -> Config | None:
+    """The file's config, or None when there is none (not created yet, or deleted)."""
+    if not path.exists():
+        return None
+    return load_config(path)
 
 
 def _only_model(registry: Registry) -> str | None:

@@ -92,7 +92,8 @@ class ModelInfo:
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    temperature: float = 1.0
+    #: None: the request named none (the daemon fills in the entry's default before generating)
+    temperature: float | None = None
     top_p: float = 1.0
     top_k: int = 0
     min_p: float = 0.0
@@ -878,19 +879,30 @@ def _prompt_tokens(tokenizer: Any, request: GenerationRequest) -> list[int]:
         return list(tokenizer.encode(request.prompt or ""))
     if request.tools and not tokenizer.has_tool_calling:
         raise InvalidRequestError(
-            "This model's chat template does not support tools", param="tools"
+            "This model's chat template does not support tools; for structured output use "
+            "`response_format` with type `json_schema` instead",
+            param="tools",
         )
+    messages = request.messages
+    if not _template_mentions(tokenizer, "developer"):
+        # OpenAI's newer name for the system role; most templates know only `system`.
+        messages = [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
     if tokenizer.has_chat_template and request.role_mapping is None:
         try:
             text = tokenizer.apply_chat_template(
-                request.messages, tools=request.tools, add_generation_prompt=True, tokenize=False
+                messages, tools=request.tools, add_generation_prompt=True, tokenize=False
             )
         except Exception as exc:  # noqa: BLE001 - a template error is the request's fault
             raise InvalidRequestError(
                 f"The model's chat template rejected the messages: {exc}", param="messages"
             ) from None
         return list(tokenizer.encode(text, add_special_tokens=False))
-    return list(tokenizer.encode(_role_mapped_prompt(request.messages, request.role_mapping)))
+    return list(tokenizer.encode(_role_mapped_prompt(messages, request.role_mapping)))
+
+
+def _template_mentions(tokenizer: Any, word: str) -> bool:
+    template = getattr(tokenizer, "chat_template", None)
+    return bool(template) and word in str(template)
 
 
 # mlx_lm.server's default prompt layout for models without a chat template.
@@ -951,9 +963,10 @@ def _make_sampler(sampling: SamplingParams) -> Callable[[mx.array], mx.array]:
     """mlx_lm's sampler; a seeded request gets the same filters with its own PRNG key, so it
     repeats even while it shares a batch with other requests (mlx_lm's draws from the global
     random state)."""
-    if sampling.seed is None or sampling.temperature == 0:
+    temperature = 1.0 if sampling.temperature is None else sampling.temperature
+    if sampling.seed is None or temperature == 0:
         sampler: Callable[[mx.array], mx.array] = make_sampler(
-            temp=sampling.temperature,
+            temp=temperature,
             top_p=sampling.top_p,
             min_p=sampling.min_p,
             top_k=sampling.top_k,
@@ -972,7 +985,7 @@ def _make_sampler(sampling: SamplingParams) -> Callable[[mx.array], mx.array]:
         for apply in filters:
             logprobs = apply(logprobs)
         key[0], draw = mx.random.split(key[0])
-        return mx.random.categorical(logprobs * (1.0 / sampling.temperature), key=draw)
+        return mx.random.categorical(logprobs * (1.0 / temperature), key=draw)
 
     return sample
 

@@ -85,3 +85,10 @@ class GGUFConversionError(MlxRouterError):
     """A GGUF file cannot be converted (unsupported architecture or tensor type)."""
 
     code = "gguf_unsupported"
+
+
+class ClientDisconnectedError(MlxRouterError):
+    """The client closed the connection before its answer was ready; generation stopped."""
+
+    type = "invalid_request_error"
+    code = "client_closed_request"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import shutil
 import struct
 import uuid
@@ -38,7 +39,7 @@ from tokenizers import (
 
 from mlxrouter.errors import GGUFConversionError
 
-__all__ = ["Progress", "convert_gguf"]
+__all__ = ["Progress", "convert_gguf", "model_id_for"]
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,22 @@ _GPT2_PRES = frozenset({"default", "gpt-2", "gpt2", "mpt", "olmo", "jais"})
 # StarCoder-style: every digit on its own, then the GPT-2 split (SmolLM2 is one of these).
 _DIGIT_PRES = frozenset({"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone"})
 _LLAMA3_PRES = frozenset({"llama3", "llama-v3", "llama-bpe", "falcon3", "dbrx", "smaug-bpe"})
+# A trailing llama.cpp quantisation tag: Q4_0, Q4_K_M, IQ4_XS, TQ1_0, F16, BF16, F32...
+# Q tags always have an underscore part, so names like "phi-q2" are left alone.
+_QUANT_TAG = re.compile(r"[.-](?:[IT]?Q\d+(?:_[0-9A-Z]+)+|B?F(?:16|32))$", re.IGNORECASE)
+
 _QWEN2_PRES = frozenset({"qwen2", "stablelm2", "deepseek-r1-qwen", "megrez"})
 _TEKKEN_PRES = frozenset({"tekken"})
+
+
+def model_id_for(file_name: str) -> str:
+    """The model id an imported GGUF is served under: its file name without `.gguf` and
+    without a trailing quantisation tag (`my-smol.Q4_1.gguf` -> `my-smol`). Pure."""
+    name = Path(file_name).name
+    if name.lower().endswith(".gguf"):
+        name = name[: -len(".gguf")]
+    stripped = _QUANT_TAG.sub("", name)
+    return stripped or name
 
 
 def convert_gguf(

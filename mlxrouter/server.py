@@ -13,6 +13,7 @@ import logging
 import logging.handlers
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -24,9 +25,12 @@ from typing import Any
 import uvicorn
 
 from .api import create_app
+from .cli import connect_url
 from .config import Config
-from .daemon import Daemon
+from .daemon import Daemon, _only_model
+from .listener import bind_socket
 from .paths import default_paths
+from .registry import Registry
 
 log = logging.getLogger("mlxrouter")
 
@@ -51,6 +55,22 @@ def setup_logging(level: str, *, log_file: Path | None = None) -> None:
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, handlers=handlers, force=True)
 
 
+def ready_line(base_url: str, registry: Registry, default_model: str | None) -> str:
+    """The one line `serve` prints once it listens: the OpenAI base URL, how many models the
+    registry holds and which one a request without `model` gets (as `Daemon.target` picks)."""
+    models = sum(1 for entry in registry if entry.kind == "model")
+    adapters = len(registry) - models
+    counts = f"{models} model{'' if models == 1 else 's'}"
+    if adapters:
+        counts += f", {adapters} adapter{'' if adapters == 1 else 's'}"
+    default = default_model or _only_model(registry)
+    if default is None:
+        default = "none"
+    elif default not in registry.ids():
+        default += " (not in the registry)"
+    return f"mlxrouter ready: {base_url}/v1 ({counts}; default model: {default})"
+
+
 class DrainingServer(uvicorn.Server):
     """uvicorn's server with mlxrouter's shutdown: drain first, then stop."""
 
@@ -64,6 +84,20 @@ class DrainingServer(uvicorn.Server):
     async def serve(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # uvicorn exits when the lifespan or the bind fails, so here it is listening.
+        port = self.config.port
+        for server in self.servers:
+            for sock in server.sockets:
+                port = sock.getsockname()[1]  # the real one when --port 0
+                break
+        daemon = self._daemon
+        line = ready_line(
+            connect_url(self.config.host, port), daemon.registry, daemon.config.default_model
+        )
+        print(line, flush=True)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """Runs in the signal handler, on the event loop's thread."""
@@ -97,7 +131,9 @@ def run(config: Config, *, config_path: Path | None, overrides: Mapping[str, Any
     log_file = default_paths().log_dir / "mlxrouter.log" if config.log_file else None
     setup_logging(config.log_level, log_file=log_file)
     log.info("config: %s", config_path or "none (built-in defaults)")
-    daemon = Daemon(config, config_path=config_path, overrides=overrides)
+    # No file yet: watch where it would be, so creating it later applies it.
+    watched = config_path or default_paths().config_file
+    daemon = Daemon(config, config_path=watched, overrides=overrides)
     app = create_app(config, daemon=daemon)
     server = DrainingServer(
         uvicorn.Config(
@@ -116,5 +152,13 @@ def run(config: Config, *, config_path: Path | None, overrides: Mapping[str, Any
     # it has stopped: make those no-ops, so a clean drain exits 0.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
-    server.run()  # the app's shutdown stops the daemon, its engine thread included
+    try:
+        # Bound here for its bounded send buffer (a stalled reader is noticed, listener.py).
+        sock = bind_socket(config.host, config.port)
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", config.host, config.port, exc.strerror or exc)
+        daemon.engine.close()
+        return 1
+    with sock:
+        server.run(sockets=[sock])  # the app's shutdown stops the daemon and its engine thread
     return 0

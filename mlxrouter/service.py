@@ -258,6 +258,25 @@ def show(
     return f"# {service.path}\n{service.text}"
 
 
+def config_warning(config_path: Path | None) -> str | None:
+    """A one-line warning when the config file the service would read does not exist, else
+    None. With no `config_path` that is the default file, read at each start when present."""
+    if config_path is not None:
+        if config_path.expanduser().is_file():
+            return None
+        return (
+            f"config file {config_path} does not exist; "
+            "`mlxrouter serve --config` fails at every start until you create it"
+        )
+    default = default_paths().config_file
+    if default.is_file():
+        return None
+    return (
+        f"no config file at {default}: the service serves built-in defaults "
+        "(the demo model) until you create one there"
+    )
+
+
 # ---- ownership ---------------------------------------------------------------------------
 
 

@@ -1,12 +1,25 @@
 # Shared set-up for scripts/serve, scripts/test and scripts/bench (sourced, not run).
 # Creates .venv if missing and (re)installs the project when pyproject.toml changed.
+# Prints one line per stage on stderr; pip's own output goes to $VENV/install.log and, when
+# stderr is a terminal, to the screen as well (its tail is shown if the install fails).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 PYTHON="${PYTHON:-python3}"
 
+_stage() { echo "mlxrouter: $*" >&2; }
+
+# pip with its full output in the log; on a terminal it is also shown as it runs.
+_pip() {
+    if [ -t 2 ]; then
+        "$VENV/bin/python" -m pip "$@" 2>&1 | tee -a "$VENV/install.log" >&2
+    else
+        "$VENV/bin/python" -m pip "$@" >> "$VENV/install.log" 2>&1
+    fi
+}
+
 if [ ! -x "$VENV/bin/python" ]; then
-    echo "mlxrouter: creating $VENV" >&2
+    _stage "creating the virtual environment $VENV"
     "$PYTHON" -m venv "$VENV"
 fi
 stamp="$VENV/.mlxrouter-installed"
@@ -15,13 +28,14 @@ want="$hash-${1:-run}"
 have="$(cat "$stamp" 2>/dev/null || true)"
 # A dev install serves too; anything else that differs means pyproject.toml changed.
 if [ "$have" != "$want" ] && [ "$have" != "$hash-dev" ]; then
-    echo "mlxrouter: installing the project into $VENV" >&2
     extra=""
     [ "${1:-run}" = "dev" ] && extra="[dev]"
-    # pip's output goes to a log, shown only when the install fails.
-    if ! { "$VENV/bin/python" -m pip install --upgrade pip \
-           && "$VENV/bin/python" -m pip install -e "$ROOT$extra"; } > "$VENV/install.log" 2>&1; then
-        tail -n 40 "$VENV/install.log" >&2
+    : > "$VENV/install.log"
+    if ! { _stage "upgrading pip" && _pip install --upgrade pip \
+           && _stage "installing mlxrouter and its dependencies (first run: a few minutes)" \
+           && _pip install -e "$ROOT$extra"; }; then
+        # On a terminal pip's output was already on screen.
+        [ -t 2 ] || tail -n 40 "$VENV/install.log" >&2
         echo "mlxrouter: installation failed (full log: $VENV/install.log)" >&2
         exit 1
     fi

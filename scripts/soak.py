@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import socket
+import re
 import statistics
 import subprocess
 import sys
@@ -36,12 +36,6 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Soak:
@@ -130,7 +124,6 @@ def main() -> int:
             make_tiny_model(root / "models" / name, seed=seed, context=1024)
         config = root / "config.yaml"
         write_config(config, root / "models", 0)
-        port = free_port()
         env = {
             **os.environ,
             "MLXROUTER_DATA_DIR": str(root / "data"),
@@ -139,29 +132,21 @@ def main() -> int:
             "HF_HUB_OFFLINE": "1",
         }
         log = (root / "serve.log").open("wb")
+        # Port 0: the daemon binds a free port and its ready line on stdout says which.
         daemon = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mlxrouter",
-                "serve",
-                "--config",
-                str(config),
-                "--port",
-                str(port),
-            ],
+            [sys.executable, "-m", "mlxrouter", "serve", "--config", str(config), "--port", "0"],
             env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            stdout=subprocess.PIPE,
+            stderr=log,
         )
-        url = f"http://127.0.0.1:{port}"
         try:
-            for _ in range(300):
-                try:
-                    if httpx.get(url + "/health").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
+            assert daemon.stdout is not None
+            ready = daemon.stdout.readline().decode()
+            match = re.match(r"mlxrouter ready: (http://\S+)/v1 ", ready)
+            if not match:
+                log.close()
+                raise SystemExit(f"the daemon did not start:\n{(root / 'serve.log').read_text()}")
+            url = match.group(1)
             started = time.monotonic()
             soak = Soak(url, started + args.seconds, args.seed)
             threads = [
@@ -187,6 +172,8 @@ def main() -> int:
             daemon.terminate()
             code = daemon.wait(60)
             log.close()
+            if daemon.stdout is not None:
+                daemon.stdout.close()
 
         latencies = sorted(soak.latencies)
         p50 = statistics.median(latencies) if latencies else float("nan")

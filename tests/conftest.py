@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import select
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -78,22 +82,28 @@ def serve_app(app: object) -> Iterator[str]:
     """Run a real uvicorn server for `app` on loopback in a thread; yield its base URL."""
     import uvicorn
 
-    port = free_port()
+    from mlxrouter.listener import bind_socket
+
+    # Bound before serving (port 0: the kernel picks), so no other process can take the port
+    # between choosing and binding it; and with the daemon's own bounded send buffer.
+    sock = bind_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")  # type: ignore[arg-type]
+        uvicorn.Config(app, log_level="warning", lifespan="on")  # type: ignore[arg-type]
     )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     try:
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(30)
+        sock.close()
 
 
 @contextlib.contextmanager
@@ -116,6 +126,47 @@ def watched_daemon(config_file: Path) -> Iterator[tuple[str, Any]]:
     app = create_app(load_config(config_file), config_path=config_file)
     with serve_app(app) as url:
         yield url, app
+
+
+@contextlib.contextmanager
+def spawned_daemon(
+    args: list[str], *, log: Path, env: dict[str, str] | None = None, timeout: float = 120
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`python -m mlxrouter serve ARGS --port 0` as a real process; yields (base URL, process)
+    once its ready line says where it listens. Port 0: the kernel picks the port as the
+    daemon binds it, so no other process can take it in between. Killed if still running."""
+    command = [sys.executable, "-m", "mlxrouter", "serve", *args, "--port", "0"]
+    with log.open("wb") as err:
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=err, env={**os.environ, **(env or {})}
+        )
+    try:
+        assert process.stdout is not None
+        line = read_line(process.stdout, time.monotonic() + timeout)
+        match = re.match(r"mlxrouter ready: (http://\S+)/v1 ", line)
+        assert match, f"no ready line ({line!r}); log:\n{log.read_text()}"
+        yield match.group(1), process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def read_line(stream: Any, deadline: float) -> str:
+    """One line from a pipe, or "" at EOF; fails past `deadline` instead of hanging."""
+    data = b""
+    while not data.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"no full line before the deadline: {data!r}"
+        ready, _, _ = select.select([stream], [], [], remaining)
+        if ready:
+            chunk = os.read(stream.fileno(), 1)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode()
 
 
 def wait_until(

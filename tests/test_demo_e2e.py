@@ -5,9 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +12,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import free_port, running_daemon
+from conftest import running_daemon, spawned_daemon
 
 pytestmark = pytest.mark.slow
 
@@ -115,7 +112,7 @@ def test_switching_models_per_request(client: openai.OpenAI, tiny_models: Path) 
 
 
 def test_cli_serve_with_no_config_serves_the_demo(demo_model: Path, tmp_path: Path) -> None:
-    """`mlxrouter serve --port P` on a machine with no config, as the README's command runs it."""
+    """`mlxrouter serve` on a machine with no config, as the README's command runs it."""
     data = tmp_path / "data"
     shutil.copytree(demo_model, data / "models" / DEMO)
     env = {
@@ -123,32 +120,13 @@ def test_cli_serve_with_no_config_serves_the_demo(demo_model: Path, tmp_path: Pa
         "MLXROUTER_DATA_DIR": str(data),
         "MLXROUTER_CONFIG_DIR": str(tmp_path / "no-config"),
     }
-    port = free_port()
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mlxrouter", "serve", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                ids = [m.id for m in client.models.list().data]
-                break
-            except openai.APIConnectionError:
-                assert process.poll() is None, log.read_text()
-                assert time.monotonic() < deadline
-                time.sleep(0.3)
+    with spawned_daemon([], log=tmp_path / "serve.log", env=env) as (url, process):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        ids = [m.id for m in client.models.list().data]
         assert DEMO in ids
         reply = client.chat.completions.create(
             model=DEMO, messages=FRANCE, temperature=0, max_tokens=20
         )  # type: ignore[arg-type]
         assert "Paris" in (reply.choices[0].message.content or "")
-    finally:
         process.send_signal(signal.SIGTERM)
-        code = process.wait(30)
-    assert code == 0, log.read_text()
+        assert process.wait(30) == 0, (tmp_path / "serve.log").read_text()

@@ -16,9 +16,10 @@ from typing import Any
 import mlx.core as mx
 import pytest
 
+from mlxrouter.cli import main as cli_main
 from mlxrouter.demo import DEMO_MODEL_ID, ensure_demo_model, fetch_demo_gguf
 from mlxrouter.errors import GGUFConversionError
-from mlxrouter.gguf import convert_gguf
+from mlxrouter.gguf import convert_gguf, model_id_for
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_CACHE = REPO_ROOT / ".cache" / "demo"
@@ -314,3 +315,52 @@ def test_k_quant_file_is_refused_before_loading(tmp_path: Path) -> None:
     )
     with pytest.raises(GGUFConversionError, match="Q4_K_M quantization is not supported"):
         convert_gguf(source, tmp_path / "k")
+
+
+# --------------------------------------------------------------------------- naming
+
+
+@pytest.mark.parametrize(
+    ("file_name", "model_id"),
+    [
+        ("my-smol.Q4_1.gguf", "my-smol"),
+        ("my-smol-Q4_K_M.gguf", "my-smol"),
+        ("Llama-3.2-1B-Instruct.q5_k_s.GGUF", "Llama-3.2-1B-Instruct"),
+        ("model.Q8_0.gguf", "model"),
+        ("model.Q4_0.gguf", "model"),
+        ("model-IQ4_XS.gguf", "model"),
+        ("model-F16.gguf", "model"),
+        ("model.bf16.gguf", "model"),
+        ("model.F32.gguf", "model"),
+        ("/downloads/my-smol.Q4_1.gguf", "my-smol"),
+        # Nothing to drop: no tag, a tag that is the whole name, a version, a size.
+        ("plain.gguf", "plain"),
+        ("Q4_0.gguf", "Q4_0"),
+        ("qwen2.5-0.5b.gguf", "qwen2.5-0.5b"),
+        ("phi-q2.gguf", "phi-q2"),
+        ("model-f16-extra.gguf", "model-f16-extra"),
+    ],
+)
+def test_model_id_drops_the_quantisation_tag(file_name: str, model_id: str) -> None:
+    assert model_id_for(file_name) == model_id
+
+
+def test_import_gguf_serves_the_file_without_its_quant_tag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    monkeypatch.setenv("MLXROUTER_DATA_DIR", str(data))
+    monkeypatch.setenv("MLXROUTER_CONFIG_DIR", str(tmp_path / "no-config"))
+    source = _tiny_llama_gguf(tmp_path / "my-smol.Q4_1.gguf")
+    assert cli_main(["import-gguf", str(source)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip().endswith("served as `my-smol`")
+    # Off a terminal there is no progress bar: one line per stage instead.
+    stages = [line.rpartition(": ")[2] for line in captured.err.splitlines()]
+    assert stages == ["reading", "weights", "tokenizer", "writing"]
+    assert (data / "models" / "my-smol" / "config.json").is_file()
+    assert cli_main(["models"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["my-smol"]
+    # A folder outside every scanned one: the command says how to serve it.
+    assert cli_main(["import-gguf", str(source), str(tmp_path / "elsewhere" / "x")]) == 0
+    assert "add its parent folder to `model_dirs`" in capsys.readouterr().out

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port, running_daemon, wait_until
+from conftest import running_daemon, spawned_daemon, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from tinymodel import make_tiny_model
 
@@ -53,7 +51,7 @@ def test_metrics_move_as_requests_are_served(tiny_models: Path) -> None:
         after = samples(url)
         model = (("model", "tiny-a"),)
         assert after[("mlxrouter_requests_total", (("model", "tiny-a"), ("status", "200")))] == 1
-        assert after[("mlxrouter_requests_total", (("model", "nope"), ("status", "404")))] == 1
+        assert after[("mlxrouter_requests_total", (("model", "(unknown)"), ("status", "404")))] == 1
         assert after[("mlxrouter_completion_tokens_total", model)] == 4
         assert after[("mlxrouter_prompt_tokens_total", model)] > 0
         assert after[("mlxrouter_model_loads_total", model)] == 1
@@ -90,38 +88,12 @@ def served_process(
 ) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
     config = tmp_path / "config.yaml"
     config.write_text(f"hf_cache: false\nmodel_dirs: [{long_models}]\nshutdown_grace: 20\n")
-    port = free_port()
-    log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mlxrouter",
-                "serve",
-                "--config",
-                str(config),
-                "--port",
-                str(port),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "MLXROUTER_LOG_DIR": str(tmp_path / "logs")},
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(url + "/health").status_code == 200
-        except httpx.HTTPError:
-            assert process.poll() is None, log.read_text()
-            return False
-
-    wait_until(up, timeout=60, what="the daemon to start")
-    yield url, process, tmp_path
-    if process.poll() is None:
-        process.kill()
-        process.wait(10)
+    with spawned_daemon(
+        ["--config", str(config)],
+        log=tmp_path / "serve.log",
+        env={"MLXROUTER_LOG_DIR": str(tmp_path / "logs")},
+    ) as (url, process):
+        yield url, process, tmp_path
 
 
 def test_sigterm_drains_streams_refuses_new_requests_and_exits_zero(
@@ -149,7 +121,7 @@ def test_sigterm_drains_streams_refuses_new_requests_and_exits_zero(
     assert first.wait(30)
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
+    wait_until(lambda: httpx.get(url + "/health").status_code == 503, what="the drain to start")
     refused = httpx.post(
         url + "/v1/completions", json={"model": "long", "prompt": "Hi", "max_tokens": 2}, timeout=60
     )
@@ -192,7 +164,7 @@ def test_second_signal_exits_at_once(
     thread.start()
     assert first.wait(30)
     process.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
+    wait_until(lambda: httpx.get(url + "/health").status_code == 503, what="the drain to start")
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
     process.wait(10)

@@ -156,9 +156,13 @@ def _read_whole_reply(sock: socket.socket) -> str:
 
 
 def test_slow_reader_is_cut_off_and_its_lease_freed(tmp_path: Path) -> None:
+    """The daemon bounds each connection's kernel send buffer (mlxrouter.listener), so a client
+    that stops reading stalls the writes after a few hundred KB whatever the host's
+    `net.ipv4.tcp_wmem`; the write timeout then cuts it off. The client's own receive buffer is
+    made small too: what a client's kernel accepted counts as read, and no server can tell."""
     make_tiny_model(tmp_path / "models" / "long", seed=3, context=8192)
     config = f"hf_cache: false\nmodel_dirs: [{tmp_path / 'models'}]\nwrite_timeout: 1\n"
-    with running_daemon(config) as (url, app):
+    with running_daemon(config) as (url, app), socket.socket() as sock:
         host, port = url.removeprefix("http://").split(":")
         body = json.dumps(
             {
@@ -169,7 +173,6 @@ def test_slow_reader_is_cut_off_and_its_lease_freed(tmp_path: Path) -> None:
                 "logit_bias": {"2": -100},
             }
         ).encode()
-        sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills fast when unread
         sock.connect((host, int(port)))
         sock.sendall(
@@ -185,8 +188,20 @@ def test_slow_reader_is_cut_off_and_its_lease_freed(tmp_path: Path) -> None:
             timeout=30,
             what="the lease to be freed",
         )
-        sock.close()
-        assert httpx.get(url + "/v1/models").status_code == 200
+        metrics = httpx.get(url + "/metrics").text
+        assert 'mlxrouter_requests_total{model="long",status="499"} 1.0' in metrics
+
+
+def test_accepted_connections_get_the_bounded_send_buffer() -> None:
+    from mlxrouter.listener import SEND_BUFFER_BYTES, bind_socket
+
+    with bind_socket("127.0.0.1", 0) as listener, socket.socket() as client:
+        client.connect(listener.getsockname())
+        accepted, _ = listener.accept()
+        with accepted:
+            # Linux reports twice the value set (its bookkeeping share); others report it.
+            size = accepted.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            assert SEND_BUFFER_BYTES <= size <= 2 * SEND_BUFFER_BYTES
 
 
 @pytest.fixture(scope="module")

@@ -526,3 +526,79 @@ def test_render_uses_find_executable_by_default(
     monkeypatch.setattr(sys, "executable", str(bindir / "python"))
     data = plist_of(render(None, platform="darwin", home=home))
     assert data["ProgramArguments"][0] == str(bindir / "mlxrouter")
+
+
+# ---- a missing config file ------------------------------------------------------------------
+
+
+def test_config_warning_names_a_missing_file(
+    tmp_path: Path, config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLXROUTER_CONFIG_DIR", str(tmp_path / "default"))
+    assert service.config_warning(config) is None
+    missing = tmp_path / "nope.yaml"
+    warning = service.config_warning(missing)
+    assert warning is not None and str(missing) in warning and "does not exist" in warning
+    # No --config: the service reads the default file, when there is one.
+    default = tmp_path / "default" / "config.yaml"
+    warning = service.config_warning(None)
+    assert warning is not None and str(default) in warning and "built-in defaults" in warning
+    default.parent.mkdir()
+    default.write_text("port: 8080\n")
+    assert service.config_warning(None) is None
+
+
+@pytest.fixture
+def fake_managers(tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`systemctl` and `launchctl` scripts that log their arguments, alone on PATH, and HOME
+    moved, so the real `service install` command runs without touching this machine."""
+    bindir = tmp_path / "fake-bin"
+    bindir.mkdir()
+    calls = tmp_path / "calls.log"
+    for name in ("systemctl", "launchctl"):
+        script = bindir / name
+        # `launchctl print` fails: the job is not loaded yet.
+        script.write_text(
+            f'#!/bin/sh\necho "{name} $*" >> "{calls}"\n[ "$1" = print ] && exit 113\nexit 0\n'
+        )
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bindir))
+    monkeypatch.setenv("HOME", str(home))
+    return calls
+
+
+@pytest.mark.skipif(
+    sys.platform != "darwin" and not sys.platform.startswith("linux"), reason="no service here"
+)
+def test_cli_show_and_install_warn_about_a_missing_config(
+    tmp_path: Path,
+    home: Path,
+    fake_managers: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from mlxrouter.cli import main as cli_main
+
+    monkeypatch.setenv("MLXROUTER_CONFIG_DIR", str(tmp_path / "default"))
+    missing = tmp_path / "nope.yaml"
+    assert cli_main(["service", "show", "--config", str(missing)]) == 0
+    captured = capsys.readouterr()
+    assert "serve" in captured.out
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mlxrouter: warning: ")
+    assert str(missing) in err[0]
+
+    assert cli_main(["service", "install"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("installed and started: ")
+    assert str(home) in captured.out  # the unit went into the moved home
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and str(tmp_path / "default" / "config.yaml") in err[0]
+    assert fake_managers.read_text()  # the fake manager was driven, not the real one
+
+    # With the file in place the same commands say nothing on stderr.
+    (tmp_path / "default").mkdir()
+    (tmp_path / "default" / "config.yaml").write_text("port: 8080\n")
+    assert cli_main(["service", "show"]) == 0
+    assert cli_main(["service", "install"]) == 0
+    assert capsys.readouterr().err == ""

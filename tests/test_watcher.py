@@ -3,6 +3,8 @@ daemon on loopback."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import shutil
 import threading
 import time
@@ -12,11 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import wait_until, watched_daemon
+from conftest import serve_app, spawned_daemon, wait_until, watched_daemon
 from tinymodel import make_tiny_model
 from watchfiles import Change
 
-from mlxrouter.config import parse_config
+from mlxrouter.config import Config, parse_config
 from mlxrouter.registry import build_registry, diff_registries
 from mlxrouter.watcher import WatchSet, is_relevant, watch_roots
 
@@ -41,6 +43,19 @@ def test_filter_keeps_config_and_model_files_and_drops_noise(tmp_path: Path) -> 
     assert not relevant(tmp_path / "hub" / ".locks" / "models--a--b" / "x.lock")
     assert not relevant(tmp_path / "elsewhere" / "file")
     assert relevant(tmp_path)  # a parent of a source that may appear
+
+
+def test_config_file_created_replaced_or_deleted_is_relevant(tmp_path: Path) -> None:
+    config = tmp_path / "cfg" / "config.yaml"
+    watch = WatchSet(config, (), None)
+    for change in (Change.added, Change.modified, Change.deleted):
+        assert is_relevant(watch, change, str(config))
+    # An editor's temp file is not the config; its rename onto the config is.
+    assert not is_relevant(watch, Change.added, str(config.with_name(".config.yaml.tmp")))
+    assert not is_relevant(watch, Change.added, str(config.with_name("config.yaml.bak")))
+    # The folder is watched whether the file exists or not.
+    (tmp_path / "cfg").mkdir()
+    assert watch_roots(watch) == [tmp_path / "cfg"]
 
 
 def test_roots_are_existing_and_not_nested(tmp_path: Path) -> None:
@@ -248,3 +263,128 @@ def test_lower_max_models_evicts_idle_entries(
     assert len(app.state.daemon.pool.entries()) == 2
     config.write_text(f"hf_cache: false\nmodel_dirs: [{models}]\npool: {{max_models: 1}}\n")
     wait_until(lambda: len(app.state.daemon.pool.entries()) == 1, what="an eviction")
+
+
+# ---- a config file that comes and goes while the daemon runs ---------------------------------
+
+# Generous: the tests wait for a state, never for a fixed time.
+DEADLINE_S = 30.0
+
+
+@contextlib.contextmanager
+def daemon_without_config(config_file: Path) -> Iterator[tuple[str, Any]]:
+    """A daemon started the way `mlxrouter serve` starts without a config file: the defaults,
+    with the path where the file would be."""
+    from mlxrouter.api import create_app
+
+    app = create_app(Config(), config_path=config_file)
+    with serve_app(app) as url:
+        yield url, app
+
+
+def status(url: str, path: str, key: str | None = None) -> int:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.get(url + path, headers=headers).status_code
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write aside, then rename over, as editors and config tools do."""
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text)
+    temp.replace(path)  # os.replace: atomic
+
+
+@pytest.fixture
+def late_config(tmp_path: Path) -> Path:
+    # Neither the file nor its folder exists when the daemon starts.
+    return tmp_path / "cfg" / "config.yaml"
+
+
+def test_config_created_after_start_is_enforced(late_config: Path) -> None:
+    with daemon_without_config(late_config) as (url, _app):
+        assert late_config.parent.is_dir()  # created, so it can be watched
+        assert status(url, "/v1/models") == 200
+        late_config.write_text("hf_cache: false\napi_key: secret\n")
+        wait_until(lambda: status(url, "/v1/models") == 401, DEADLINE_S, "the new api_key to apply")
+        assert status(url, "/v1/models", key="wrong") == 401
+        assert status(url, "/v1/models", key="secret") == 200
+        assert status(url, "/health") == 200
+
+
+def test_broken_config_replacing_a_late_one_keeps_it_and_degrades(late_config: Path) -> None:
+    with daemon_without_config(late_config) as (url, app):
+        write_atomically(late_config, "hf_cache: false\napi_key: secret\npool: {max_models: 3}\n")
+        wait_until(lambda: status(url, "/v1/models") == 401, DEADLINE_S, "the config to apply")
+        write_atomically(late_config, "hf_cache: false\napi_key: [\n")
+        wait_until(lambda: status(url, "/health") == 503, DEADLINE_S, "degraded health")
+        health = httpx.get(url + "/health").json()
+        assert health["status"] == "degraded"
+        assert any("config.yaml, line" in reason for reason in health["reasons"])
+        # The last good config still holds: the key, and the pool limit.
+        assert status(url, "/v1/models") == 401
+        assert status(url, "/v1/models", key="secret") == 200
+        assert app.state.daemon.pool.limits.max_models == 3
+
+
+def test_deleted_config_goes_back_to_the_defaults(
+    late_config: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mlxrouter.daemon")
+    with daemon_without_config(late_config) as (url, app):
+        write_atomically(late_config, "hf_cache: false\napi_key: secret\npool: {max_models: 3}\n")
+        wait_until(lambda: status(url, "/v1/models") == 401, DEADLINE_S, "the config to apply")
+        late_config.unlink()
+        wait_until(lambda: status(url, "/v1/models") == 200, DEADLINE_S, "the key to be dropped")
+        assert status(url, "/health") == 200
+        assert app.state.daemon.config == Config()
+        assert app.state.daemon.pool.limits.max_models == Config().pool.max_models
+
+        def said_gone() -> bool:
+            return any(
+                "is gone: back to the built-in defaults" in r.getMessage()
+                and str(late_config) in r.getMessage()
+                and r.levelno == logging.WARNING
+                for r in caplog.records
+            )
+
+        wait_until(said_gone, DEADLINE_S, "the log line")
+
+
+def test_deleted_config_keeps_the_command_line_overrides(late_config: Path) -> None:
+    from mlxrouter.api import create_app
+
+    late_config.parent.mkdir()
+    late_config.write_text("default_model: from-file\n")
+    app = create_app(
+        Config(default_model="from-file", port=9999),
+        config_path=late_config,
+        overrides={"port": 9999},
+    )
+    with serve_app(app) as url:
+        daemon = app.state.daemon
+        late_config.unlink()
+        wait_until(lambda: daemon.config.default_model is None, DEADLINE_S, "the defaults")
+        assert daemon.config.port == 9999
+        assert status(url, "/health") == 200
+
+
+def test_serve_without_a_config_file_applies_one_created_later(
+    tiny_models: Path, tmp_path: Path
+) -> None:
+    """The README's service recipe: `mlxrouter serve` started with no config file, then the
+    file copied into place. Its `api_key` is enforced without a restart."""
+    config_dir = tmp_path / "cfg"  # not there yet either: serve creates it to watch it
+    env = {"MLXROUTER_CONFIG_DIR": str(config_dir), "MLXROUTER_LOG_DIR": str(tmp_path / "logs")}
+    with spawned_daemon(["--no-demo"], log=tmp_path / "serve.log", env=env) as (url, _):
+        assert httpx.get(url + "/v1/models").status_code == 200
+        wait_until(config_dir.exists, what="the config folder to be made")
+        draft = config_dir / "draft.yaml"
+        draft.write_text(f"hf_cache: false\nmodel_dirs: [{tiny_models}]\napi_key: secret\n")
+        draft.replace(config_dir / "config.yaml")
+        wait_until(
+            lambda: httpx.get(url + "/v1/models").status_code == 401,
+            timeout=30,
+            what="the new config's api_key to be enforced",
+        )
+        listed = httpx.get(url + "/v1/models", headers={"Authorization": "Bearer secret"})
+        assert {m["id"] for m in listed.json()["data"]} >= {"tiny-a", "tiny-b"}

@@ -30,12 +30,13 @@ log = logging.getLogger(__name__)
 _OPEN_PATHS = {"/health"}
 
 
-def _api_key_guard(api_key: str | None) -> Any:
-    expected = api_key.encode() if api_key else None
-
+def _api_key_guard(daemon: Daemon, env_key: str | None) -> Any:
     def guard(connection: ASGIConnection[Any, Any, Any, Any], __: BaseRouteHandler) -> None:
-        if expected is None or connection.url.path in _OPEN_PATHS:
+        # Read per request: a config edited, created or deleted while running sets the key.
+        api_key = daemon.config.api_key or env_key
+        if not api_key or connection.url.path in _OPEN_PATHS:
             return
+        expected = api_key.encode()
         header = connection.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         # Constant-time compare: the key must not leak through response timing.
@@ -76,7 +77,7 @@ def create_app(
         cors_config=cors,
         state=State({"daemon": the_daemon}),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        guards=[_api_key_guard(config.api_key or os.environ.get("MLXROUTER_API_KEY"))],
+        guards=[_api_key_guard(the_daemon, os.environ.get("MLXROUTER_API_KEY"))],
         on_startup=[on_startup],
         on_shutdown=[on_shutdown],
         openapi_config=OpenAPIConfig(title="mlxrouter", version=__version__, path="/schema"),

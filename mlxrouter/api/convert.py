@@ -15,7 +15,7 @@ import msgspec
 
 from ..config import parse_duration
 from ..engine import Chunk, Finished, GenerationRequest, SamplingParams, TokenLogprob, ToolCall
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, MlxRouterError
 from .schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
 
 SYSTEM_FINGERPRINT = "mlxrouter"
@@ -31,7 +31,7 @@ def _sampling(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams
                 "logit_bias keys must be token ids", param="logit_bias"
             ) from None
     return SamplingParams(
-        temperature=1.0 if body.temperature is None else body.temperature,
+        temperature=body.temperature,  # None: the entry's default, filled in once resolved
         top_p=1.0 if body.top_p is None else body.top_p,
         top_k=body.top_k or 0,
         min_p=body.min_p or 0.0,
@@ -94,8 +94,13 @@ def _stop(stop: str | list[str] | None) -> tuple[str, ...]:
     return tuple(s for s in items if s)
 
 
-def _message_text(content: Any) -> str | None:
-    if content is None or isinstance(content, str):
+def _message_text(content: Any) -> str:
+    """A message's text. No content (an assistant turn that only calls tools, echoed back by
+    SDKs as `null` or left out) renders as empty text, as mlx_lm.server does: templates read
+    `message['content']` and fail on a missing or null one."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
         return content
     texts = []
     for part in content:
@@ -184,18 +189,43 @@ def _tools(
     return tools
 
 
-def completion_request(body: CompletionRequest, *, default_max_tokens: int) -> GenerationRequest:
+def completion_requests(
+    body: CompletionRequest, *, default_max_tokens: int
+) -> list[GenerationRequest]:
+    """One engine request per prompt: OpenAI's `prompt` is a string, a list of strings, a list
+    of token ids, or a list of token-id lists; choice `i` answers prompt `i`."""
     if body.echo or body.suffix:
         raise InvalidRequestError(
             "`echo` and `suffix` are not supported", param="echo" if body.echo else "suffix"
         )
-    return GenerationRequest(
-        prompt=body.prompt,
-        max_tokens=body.max_tokens,
-        default_max_tokens=default_max_tokens,
-        stop=_stop(body.stop),
-        sampling=_sampling(body),
-        logprobs=body.logprobs,
+    sampling = _sampling(body)
+    stop = _stop(body.stop)
+    return [
+        GenerationRequest(
+            prompt=prompt,
+            max_tokens=body.max_tokens,
+            default_max_tokens=default_max_tokens,
+            stop=stop,
+            sampling=sampling,
+            logprobs=body.logprobs,
+        )
+        for prompt in _prompts(body.prompt)
+    ]
+
+
+def _prompts(prompt: str | list[str | int | list[int]]) -> list[str | list[int]]:
+    if isinstance(prompt, str):
+        return [prompt]
+    if all(isinstance(item, int) for item in prompt):
+        return [[item for item in prompt if isinstance(item, int)]]
+    if all(isinstance(item, str) for item in prompt):
+        return [item for item in prompt if isinstance(item, str)]
+    if all(isinstance(item, list) and item for item in prompt):
+        return [item for item in prompt if isinstance(item, list)]
+    raise InvalidRequestError(
+        "`prompt` must be a string, a list of strings, a list of token ids or a list of "
+        "non-empty token-id lists",
+        param="prompt",
     )
 
 
@@ -229,12 +259,15 @@ class ResponseMeta:
         }
 
 
-def usage(finished: Finished) -> dict[str, Any]:
+def usage(finished: Sequence[Finished]) -> dict[str, Any]:
+    """Token counts summed over a request's choices."""
+    prompt = sum(f.prompt_tokens for f in finished)
+    completion = sum(f.completion_tokens for f in finished)
     return {
-        "prompt_tokens": finished.prompt_tokens,
-        "completion_tokens": finished.completion_tokens,
-        "total_tokens": finished.prompt_tokens + finished.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": finished.cached_tokens},
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": sum(f.cached_tokens for f in finished)},
     }
 
 
@@ -272,12 +305,27 @@ def text_logprobs(items: Sequence[TokenLogprob], offset: int = 0) -> dict[str, A
 
 
 def full_response(
-    meta: ResponseMeta, chunks: Sequence[Chunk], finished: Finished, *, logprobs: bool
+    meta: ResponseMeta,
+    answers: Sequence[tuple[Sequence[Chunk], Finished]],
+    *,
+    logprobs: bool,
+) -> dict[str, Any]:
+    """The whole answer: one choice per (chunks, finished), in order."""
+    choices = [
+        _choice(meta, index, chunks, finished, logprobs=logprobs)
+        for index, (chunks, finished) in enumerate(answers)
+    ]
+    finished = [done for _, done in answers]
+    return {**meta.envelope(chunk=False), "choices": choices, "usage": usage(finished)}
+
+
+def _choice(
+    meta: ResponseMeta, index: int, chunks: Sequence[Chunk], finished: Finished, *, logprobs: bool
 ) -> dict[str, Any]:
     text = "".join(c.text for c in chunks)
     items = [lp for c in chunks for lp in c.logprobs]
     calls = [call for c in chunks for call in c.tool_calls]
-    choice: dict[str, Any] = {"index": 0, "finish_reason": finished.finish_reason}
+    choice: dict[str, Any] = {"index": index, "finish_reason": finished.finish_reason}
     if meta.kind == "chat":
         choice["message"] = {"role": "assistant", "content": text or (None if calls else "")}
         if calls:
@@ -286,7 +334,7 @@ def full_response(
     else:
         choice["text"] = text
         choice["logprobs"] = text_logprobs(items) if logprobs else None
-    return {**meta.envelope(chunk=False), "choices": [choice], "usage": usage(finished)}
+    return choice
 
 
 def tool_call(call: ToolCall, index: int | None = None) -> dict[str, Any]:
@@ -306,6 +354,11 @@ def sse(data: dict[str, Any]) -> bytes:
     return b"data: " + msgspec.json.encode(data) + b"\n\n"
 
 
+def error_body(exc: MlxRouterError) -> dict[str, Any]:
+    """The error envelope, for errors reported inside a stream whose headers went out."""
+    return {"error": {"message": exc.message, "type": exc.type, "param": None, "code": exc.code}}
+
+
 SSE_DONE = b"data: [DONE]\n\n"
 
 
@@ -313,13 +366,14 @@ def chunk_event(
     meta: ResponseMeta,
     *,
     text: str | None,
-    logprobs: Sequence[TokenLogprob] | None,
-    finish_reason: str | None,
+    index: int = 0,
+    logprobs: Sequence[TokenLogprob] | None = None,
+    finish_reason: str | None = None,
     first: bool = False,
     offset: int = 0,
     tool_calls: Sequence[tuple[int, ToolCall]] = (),
 ) -> bytes:
-    choice: dict[str, Any] = {"index": 0, "finish_reason": finish_reason}
+    choice: dict[str, Any] = {"index": index, "finish_reason": finish_reason}
     if meta.kind == "chat":
         delta: dict[str, Any] = {}
         if first:
@@ -336,5 +390,5 @@ def chunk_event(
     return sse({**meta.envelope(chunk=True), "choices": [choice]})
 
 
-def usage_event(meta: ResponseMeta, finished: Finished) -> bytes:
+def usage_event(meta: ResponseMeta, finished: Sequence[Finished]) -> bytes:
     return sse({**meta.envelope(chunk=True), "choices": [], "usage": usage(finished)})

@@ -9,9 +9,15 @@ import re
 from typing import Any
 
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotFoundException,
+    ValidationException,
+)
 
 from ..errors import (
+    ClientDisconnectedError,
     ConfigError,
     ContextLengthExceededError,
     EngineError,
@@ -30,6 +36,7 @@ log = logging.getLogger(__name__)
 
 _STATUS: list[tuple[type[MlxRouterError], int]] = [
     (ModelNotFoundError, 404),
+    (ClientDisconnectedError, 499),  # nginx's "client closed request"; nobody reads it
     (ContextLengthExceededError, 400),
     (InvalidRequestError, 400),
     (PoolBusyError, 503),
@@ -122,10 +129,17 @@ def _describe_invalid(text: str, key: str) -> tuple[str, str | None]:
     return (f"Invalid `{param}`: {text}" if param else text), (param or None)
 
 
-def handle_http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[ErrorResponse]:
+def handle_http_error(
+    request: Request[Any, Any, Any], exc: HTTPException
+) -> Response[ErrorResponse]:
     status = exc.status_code
     type_, code = _HTTP_TYPES.get(status, ("server_error", None))
     message = exc.detail if status < 500 else "Internal server error"
+    # The router's own answers name nothing; say which request missed.
+    if isinstance(exc, NotFoundException) and exc.detail == "Not Found":
+        message = f"{request.method} {request.url.path} is not an endpoint of this server"
+    elif isinstance(exc, MethodNotAllowedException):
+        message = f"{request.method} is not allowed on {request.url.path}"
     return error_response(status, message, type_=type_, code=code, headers=exc.headers)
 
 

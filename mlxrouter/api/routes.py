@@ -7,12 +7,7 @@ cancels its generation at the next token step.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from typing import Any
 
 import msgspec
@@ -23,13 +18,10 @@ from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
 from ..daemon import Daemon
-from ..engine import Chunk, Finished, GenerationRequest, GenerationStream
-from ..errors import EngineError, MlxRouterError
+from ..engine import GenerationRequest
 from ..metrics import CONTENT_TYPE
-from ..pool import Lease
 from ..registry import RegistryEntry
 from . import convert
-from .errors import status_of
 from .schemas import (
     AdminModelRequest,
     ChatCompletion,
@@ -41,10 +33,9 @@ from .schemas import (
     ModelCard,
     ModelList,
 )
+from .session import CompletionSession, SessionStream
 
-log = logging.getLogger("mlxrouter.access")
-
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+log = logging.getLogger(__name__)
 
 
 def _daemon(state: State) -> Daemon:
@@ -75,7 +66,7 @@ async def chat_completions(
 ) -> Response[Any] | Stream:
     daemon = _daemon(state)
     generation = convert.chat_request(data, default_max_tokens=daemon.config.default_max_tokens)
-    return await _complete(request, daemon, data, generation, "chat", logprobs=bool(data.logprobs))
+    return await _complete(request, daemon, data, [generation], logprobs=bool(data.logprobs))
 
 
 @post(
@@ -90,179 +81,34 @@ async def completions(
     request: Request[Any, Any, Any], state: State, data: JSONBody[CompletionRequest]
 ) -> Response[Any] | Stream:
     daemon = _daemon(state)
-    generation = convert.completion_request(
+    generations = convert.completion_requests(
         data, default_max_tokens=daemon.config.default_max_tokens
     )
-    return await _complete(
-        request, daemon, data, generation, "text", logprobs=data.logprobs is not None
-    )
+    return await _complete(request, daemon, data, generations, logprobs=data.logprobs is not None)
 
 
 async def _complete(
     request: Request[Any, Any, Any],
     daemon: Daemon,
     body: ChatCompletionRequest | CompletionRequest,
-    generation: GenerationRequest,
-    kind: str,
+    generations: list[GenerationRequest],
     *,
     logprobs: bool,
 ) -> Response[Any] | Stream:
-    record = _RequestRecord(daemon, kind, body.model or "-")
-    stack = AsyncExitStack()
-    try:
-        target = daemon.target(body.model, body.adapters)
-        record.model = target.requested
-        record.log_prompt(generation)
-        keep_alive = convert.keep_alive_seconds(body.keep_alive)
-        lease = await stack.enter_async_context(daemon.lease(target, keep_alive=keep_alive))
-        record.leased(lease)
-        stream = await daemon.generate(lease, generation)
-        stack.callback(stream.cancel)
-        await stream.next_event()  # Started: the prompt was accepted
-    except BaseException as exc:
-        await stack.aclose()
-        record.done(status_of(exc) if isinstance(exc, MlxRouterError) else 500, None)
-        raise
-    meta = convert.ResponseMeta(kind=kind, model=target.requested)
+    kind = "chat" if isinstance(body, ChatCompletionRequest) else "text"
+    session = CompletionSession(
+        daemon,
+        kind,
+        model=body.model,
+        adapters=body.adapters,
+        keep_alive=body.keep_alive,
+        logprobs=logprobs,
+    )
+    await session.open(generations)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        events = _sse_events(stack, stream, meta, record, logprobs=logprobs, usage=include_usage)
-        return Stream(events, media_type="text/event-stream", headers=SSE_HEADERS)
-    async with stack:
-        chunks, finished = await _collect(request, stream, record)
-    record.done(200, finished)
-    return Response(convert.full_response(meta, chunks, finished, logprobs=logprobs))
-
-
-async def _collect(
-    request: Request[Any, Any, Any], stream: GenerationStream, record: _RequestRecord
-) -> tuple[list[Chunk], Finished]:
-    """Gather a whole answer; if the client disconnects meanwhile, stop generating."""
-    watcher = asyncio.create_task(_cancel_on_disconnect(request, stream))
-    try:
-        chunks: list[Chunk] = []
-        async for event in stream:
-            if isinstance(event, Chunk):
-                record.first_token()
-                chunks.append(event)
-            elif isinstance(event, Finished):
-                return chunks, event
-        raise EngineError("The generation ended without finishing")
-    finally:
-        watcher.cancel()
-
-
-async def _cancel_on_disconnect(request: Request[Any, Any, Any], stream: GenerationStream) -> None:
-    with contextlib.suppress(Exception):
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                stream.cancel()
-                return
-
-
-async def _sse_events(
-    stack: AsyncExitStack,
-    stream: GenerationStream,
-    meta: convert.ResponseMeta,
-    record: _RequestRecord,
-    *,
-    logprobs: bool,
-    usage: bool,
-) -> AsyncIterator[bytes]:
-    """SSE chunks; the lease is held until the last byte is sent or the client leaves."""
-    status = 499  # unless the stream completes, the client went away
-    async with stack:
-        try:
-            yield convert.chunk_event(meta, text="", logprobs=None, finish_reason=None, first=True)
-            offset = 0
-            calls = 0
-            async for event in stream:
-                if isinstance(event, Chunk):
-                    record.first_token()
-                    numbered = [(calls + i, call) for i, call in enumerate(event.tool_calls)]
-                    calls += len(numbered)
-                    yield convert.chunk_event(
-                        meta,
-                        text=event.text,
-                        logprobs=event.logprobs if logprobs else None,
-                        finish_reason=None,
-                        offset=offset,
-                        tool_calls=numbered,
-                    )
-                    offset += len(event.text)
-                elif isinstance(event, Finished):
-                    yield convert.chunk_event(
-                        meta, text=None, logprobs=None, finish_reason=event.finish_reason
-                    )
-                    if usage:
-                        yield convert.usage_event(meta, event)
-                    yield convert.SSE_DONE
-                    status = 200
-                    record.done(status, event)
-        except EngineError as exc:
-            # Headers are gone already: report the error in-band, as OpenAI does.
-            status = 500
-            yield convert.sse(
-                {
-                    "error": {
-                        "message": exc.message,
-                        "type": exc.type,
-                        "param": None,
-                        "code": exc.code,
-                    }
-                }
-            )
-        finally:
-            if status != 200:
-                record.done(status, None)
-
-
-class _RequestRecord:
-    """One request's log line (model, status, tokens, latency, whether it waited on a load)
-    and its metrics. Prompts are logged only when `log_prompts` is on."""
-
-    def __init__(self, daemon: Daemon, kind: str, model: str) -> None:
-        self.daemon = daemon
-        self.metrics = daemon.metrics
-        self.kind = kind
-        self.model = model
-        self.started = time.perf_counter()
-        self.loaded_now = False
-        self._first_token_seen = False
-
-    def log_prompt(self, generation: GenerationRequest) -> None:
-        if self.daemon.config.log_prompts:
-            prompt = generation.messages if generation.messages is not None else generation.prompt
-            log.info("%s model=%s prompt=%r", self.kind, self.model, prompt)
-
-    def leased(self, lease: Lease) -> None:
-        self.loaded_now = lease.loaded_now
-        if lease.loaded_now:
-            self.metrics.loads.labels(lease.key).inc()
-            self.metrics.load_seconds.observe(lease.info.load_seconds)
-
-    def first_token(self) -> None:
-        if not self._first_token_seen:
-            self._first_token_seen = True
-            elapsed = time.perf_counter() - self.started
-            self.metrics.time_to_first_token.labels(self.model).observe(elapsed)
-
-    def done(self, status: int, finished: Finished | None) -> None:
-        self.metrics.requests.labels(self.model, str(status)).inc()
-        if finished is not None:
-            self.metrics.prompt_tokens.labels(self.model).inc(finished.prompt_tokens)
-            self.metrics.completion_tokens.labels(self.model).inc(finished.completion_tokens)
-        tokens = f"{finished.prompt_tokens}+{finished.completion_tokens}" if finished else "-"
-        log.info(
-            "%s model=%s status=%d tokens=%s latency=%.3fs load=%s",
-            self.kind,
-            self.model,
-            status,
-            tokens,
-            time.perf_counter() - self.started,
-            "yes" if self.loaded_now else "no",
-        )
+        return SessionStream(session, include_usage=include_usage)
+    return Response(await session.full(request))
 
 
 # ---- models and health --------------------------------------------------------------------

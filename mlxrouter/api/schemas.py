@@ -95,9 +95,14 @@ class ChatCompletionRequest(_SamplingFields, kw_only=True):
 
 
 class CompletionRequest(_SamplingFields, kw_only=True):
+    #: a string, a list of strings, a list of token ids, or a list of token-id lists; a list
+    #: of N prompts is answered with N choices (checked further in `convert`)
     prompt: (
         Annotated[str, msgspec.Meta(min_length=1)]
-        | Annotated[list[int], msgspec.Meta(min_length=1)]
+        | Annotated[
+            list[Annotated[str, msgspec.Meta(min_length=1)] | int | list[int]],
+            msgspec.Meta(min_length=1, max_length=64),
+        ]
     )
     logprobs: Annotated[int, msgspec.Meta(ge=0, le=10)] | None = None
     echo: bool = False

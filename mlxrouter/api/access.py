@@ -1,0 +1,71 @@
+"""One request's access-log line and metrics.
+
+Metric labels name registry ids only: a model name a client invented is counted under one
+`(unknown)` series, so clients cannot grow `/metrics` without bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from ..daemon import Daemon
+from ..engine import Finished, GenerationRequest
+from ..pool import Lease
+
+log = logging.getLogger("mlxrouter.access")
+
+UNKNOWN_MODEL = "(unknown)"
+
+
+class RequestRecord:
+    """Model, status, tokens, latency and whether the request waited on a load. Prompts are
+    logged only when `log_prompts` is on."""
+
+    def __init__(self, daemon: Daemon, kind: str) -> None:
+        self.daemon = daemon
+        self.metrics = daemon.metrics
+        self.kind = kind
+        #: the metrics label: a registry id once the request resolved, else `(unknown)`
+        self.model = UNKNOWN_MODEL
+        self.started = time.perf_counter()
+        self.loaded_now = False
+        self._first_token_seen = False
+
+    def resolved(self, model_id: str) -> None:
+        self.model = model_id
+
+    def log_prompt(self, generation: GenerationRequest) -> None:
+        if self.daemon.config.log_prompts:
+            prompt = generation.messages if generation.messages is not None else generation.prompt
+            log.info("%s model=%s prompt=%r", self.kind, self.model, prompt)
+
+    def leased(self, lease: Lease) -> None:
+        self.loaded_now = lease.loaded_now
+        if lease.loaded_now:
+            self.metrics.loads.labels(lease.key).inc()
+            self.metrics.load_seconds.observe(lease.info.load_seconds)
+
+    def first_token(self) -> None:
+        if not self._first_token_seen:
+            self._first_token_seen = True
+            elapsed = time.perf_counter() - self.started
+            self.metrics.time_to_first_token.labels(self.model).observe(elapsed)
+
+    def done(self, status: int, finished: Sequence[Finished] = ()) -> None:
+        self.metrics.requests.labels(self.model, str(status)).inc()
+        prompt = sum(f.prompt_tokens for f in finished)
+        completion = sum(f.completion_tokens for f in finished)
+        if finished:
+            self.metrics.prompt_tokens.labels(self.model).inc(prompt)
+            self.metrics.completion_tokens.labels(self.model).inc(completion)
+        log.info(
+            "%s model=%s status=%d tokens=%s latency=%.3fs load=%s",
+            self.kind,
+            self.model,
+            status,
+            f"{prompt}+{completion}" if finished else "-",
+            time.perf_counter() - self.started,
+            "yes" if self.loaded_now else "no",
+        )
