@@ -1,8 +1,9 @@
 """The YAML config, parsed once into frozen structs.
 
 `load_config(path)` reads a file with `yaml.safe_load` and validates it with msgspec (unknown
-keys and wrong types are errors naming the key and the file). Reloading means calling it again
-and swapping the result in; nothing here is cached at import time.
+keys and wrong types are errors naming the key and the file). Sizes and durations are decoded
+here, once, into `ByteSize`, `MemoryLimit` and `Duration` (`units.py`). Reloading means calling
+it again and swapping the result in; nothing here is cached at import time.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import yaml
 
 from .errors import ConfigError
 from .paths import default_paths, hf_hub_cache
+from .units import ByteSize, Duration, MemoryLimit, decode_units
 
 Seconds = Annotated[float, msgspec.Meta(ge=0)]
 
@@ -27,16 +29,16 @@ class _Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=T
 class PoolConfig(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     max_models: Annotated[int, msgspec.Meta(ge=1)] = 2
     #: bytes ("8GB", "512MiB", 123456) or a share of physical memory ("60%"); null = no byte limit
-    max_memory: str | int | None = None
-    #: unload an entry idle this long (seconds or "10m"); null = never
-    idle_ttl: str | float | None = None
+    max_memory: MemoryLimit | None = None
+    #: unload an entry idle this long (seconds or "10m"); null (or "forever") = never
+    idle_ttl: Duration = Duration.FOREVER
     #: how long a request waits for room in a full pool before 503
     queue_timeout: Seconds = 30.0
     #: requests that may wait for room at once; more are refused at once with 503
     max_queue: Annotated[int, msgspec.Meta(ge=0)] = 64
     #: KV caches kept per loaded entry so follow-up turns reuse their prefix; counted in
     #: max_memory for every entry; 0 turns prefix reuse off
-    prompt_cache_bytes: str | int = "256MiB"
+    prompt_cache_bytes: ByteSize = ByteSize.parse("256MiB")
 
 
 class ModelEntryConfig(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -48,7 +50,8 @@ class ModelEntryConfig(_Strict, frozen=True, forbid_unknown_fields=True, kw_only
     base: str | None = None
     pinned: bool = False
     preload: bool = False
-    ttl: str | float | None = None
+    #: unload after this long idle; null: the pool's `idle_ttl`
+    ttl: Duration | None = None
     trust_remote_code: bool = False
     #: sampling temperature for requests to this id that name none (else `default_temperature`)
     temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
@@ -98,62 +101,19 @@ class Config(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
         return dirs if models_dir in dirs else [*dirs, models_dir]
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_bytes(value: str | int, *, total_memory: int | None = None) -> int:
-    """'8GB' -> 8e9, '8GiB' -> 8*2**30, '60%' -> 60% of total_memory, 123 -> 123."""
-    if isinstance(value, int):
-        return value
-    text = value.strip()
-    if text.endswith("%"):
-        if total_memory is None:
-            raise ValueError("a percentage needs the machine's memory size")
-        return int(total_memory * float(text[:-1]) / 100)
-    match = _SIZE.match(text)
-    if not match:
-        raise ValueError(f"not a size: {value!r} (use e.g. '8GB', '512MiB' or '60%')")
-    number, unit = float(match.group(1)), (match.group(2) or "").lower()
-    binary = "i" in unit
-    prefix = unit[:1] if unit[:1] in "kmgt" else ""
-    scale = 1024 ** "kmgt".index(prefix) * 1024 if binary and prefix else _UNITS[prefix]
-    return int(number * scale)
-
-
-def parse_duration(value: str | float | None) -> float | None:
-    """'10m' -> 600.0, 30 -> 30.0, None -> None; negative numbers mean 'forever' (None)."""
-    if value is None:
-        return None
-    if isinstance(value, int | float):
-        return None if value < 0 else float(value)
-    match = _DURATION.match(value)
-    if not match:
-        raise ValueError(f"not a duration: {value!r} (use seconds or e.g. '30s', '10m', '2h')")
-    return float(match.group(1)) * _SECONDS[match.group(2) or "s"]
-
-
 def _check_values(config: Config) -> None:
     """Checks msgspec's types cannot express; messages name the key."""
-    checks: list[tuple[str, Any, Any]] = [
-        ("pool.max_memory", config.pool.max_memory, lambda v: parse_bytes(v, total_memory=1)),
-        ("pool.idle_ttl", config.pool.idle_ttl, parse_duration),
-        ("pool.prompt_cache_bytes", config.pool.prompt_cache_bytes, parse_bytes),
-    ]
     for model_id, entry in config.models.items():
-        checks.append((f"models.{model_id}.ttl", entry.ttl, parse_duration))
         if (entry.path is None) == (entry.model is None):
             raise ValueError(f"`models.{model_id}` needs exactly one of `path` or `model`")
-    for key, value, parse in checks:
-        if value is not None:
-            try:
-                parse(value)
-            except ValueError as exc:
-                raise ValueError(f"`{key}`: {exc}") from None
     if config.log_level.lower() not in {"debug", "info", "warning", "error", "critical"}:
         raise ValueError("`log_level` must be one of debug, info, warning, error, critical")
+
+
+def _decode(kind: type, value: Any) -> Any:
+    if kind is Duration and value is None:  # `idle_ttl: null` is spelt as before: never
+        return Duration.FOREVER
+    return decode_units(kind, value)
 
 
 def parse_config(text: str, *, source: str = "<config>") -> Config:
@@ -170,7 +130,7 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys")
     try:
-        config = msgspec.convert(data, type=Config, strict=True)
+        config = msgspec.convert(data, type=Config, strict=True, dec_hook=_decode)
         _check_values(config)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{source}: {_describe(exc)}") from None

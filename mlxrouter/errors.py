@@ -1,15 +1,29 @@
 """Domain errors. They know nothing about HTTP; `api.errors` maps each to a status and an
-OpenAI error body. Messages are shown to clients, so they never carry filesystem paths."""
+OpenAI error body. Messages are shown to clients, so they never carry filesystem paths.
+
+Each error declares its OpenAI-style `code` (and `type`, when it is the client's fault) as
+class keywords: `class PoolBusyError(MlxRouterError, code="pool_busy")`."""
 
 from __future__ import annotations
+
+from typing import Any, ClassVar
+
+#: the OpenAI `type` of errors that are the request's fault
+REQUEST = "invalid_request_error"
 
 
 class MlxRouterError(Exception):
     """Base of every error this package raises on purpose."""
 
-    #: OpenAI-style `type` and `code` for the error body; `api.errors` maps these to statuses.
-    type = "server_error"
-    code: str | None = None
+    type: ClassVar[str] = "server_error"
+    code: ClassVar[str | None] = None
+
+    def __init_subclass__(
+        cls, *, code: str | None = None, type: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.code = code if code is not None else cls.code
+        cls.type = type if type is not None else cls.type
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -17,78 +31,53 @@ class MlxRouterError(Exception):
         self.param = param
 
 
-class ConfigError(MlxRouterError):
+class ConfigError(MlxRouterError, code="config_error"):
     """The config file is unreadable, not YAML, or has an unknown key or a wrong type."""
 
-    code = "config_error"
 
-
-class ModelNotFoundError(MlxRouterError):
+class ModelNotFoundError(MlxRouterError, type=REQUEST, code="model_not_found"):
     """A request named an id that is not in the registry."""
 
-    type = "invalid_request_error"
-    code = "model_not_found"
 
-
-class InvalidRequestError(MlxRouterError):
+class InvalidRequestError(MlxRouterError, type=REQUEST, code="invalid_value"):
     """A request field is out of range or inconsistent; `param` names it."""
 
-    type = "invalid_request_error"
-    code = "invalid_value"
+
+class ContextLengthExceededError(InvalidRequestError, code="context_length_exceeded"):
+    """The prompt (with `max_tokens`) does not fit the model's context."""
 
 
-class ContextLengthExceededError(InvalidRequestError):
-    code = "context_length_exceeded"
+class ClientDisconnectedError(MlxRouterError, type=REQUEST, code="client_closed_request"):
+    """The client closed the connection before its answer was ready; generation stopped."""
 
 
-class ModelLoadError(MlxRouterError):
+class ModelLoadError(MlxRouterError, code="model_load_failed"):
     """Loading a registered model failed (corrupt weights, missing tokenizer...)."""
 
-    code = "model_load_failed"
 
-
-class PoolBusyError(MlxRouterError):
+class PoolBusyError(MlxRouterError, code="pool_busy"):
     """Nothing could be evicted to make room within the wait limit; retry later."""
-
-    code = "pool_busy"
 
     def __init__(self, message: str, *, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
 
-class EntryBusyError(MlxRouterError):
+class EntryBusyError(MlxRouterError, code="model_busy"):
     """An unload was asked for an entry that is serving requests."""
 
-    code = "model_busy"
 
-
-class ModelTooLargeError(MlxRouterError):
+class ModelTooLargeError(MlxRouterError, code="model_too_large"):
     """The model alone is larger than the whole pool memory budget."""
 
-    code = "model_too_large"
 
-
-class EngineError(MlxRouterError):
+class EngineError(MlxRouterError, code="engine_error"):
     """The generation thread failed while serving a request."""
 
-    code = "engine_error"
 
-
-class ShuttingDownError(MlxRouterError):
+class ShuttingDownError(MlxRouterError, code="shutting_down"):
     """The daemon is draining and accepts no new requests."""
 
-    code = "shutting_down"
 
-
-class GGUFConversionError(MlxRouterError):
+class GGUFConversionError(MlxRouterError, code="gguf_unsupported"):
     """A GGUF file cannot be converted (unsupported architecture or tensor type)."""
-
-    code = "gguf_unsupported"
-
-
-class ClientDisconnectedError(MlxRouterError):
-    """The client closed the connection before its answer was ready; generation stopped."""
-
-    type = "invalid_request_error"
-    code = "client_closed_request"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -36,7 +37,8 @@ class Loader(Protocol):
 class PoolLimits:
     max_models: int = 2
     max_bytes: int | None = None
-    idle_ttl: float | None = None
+    #: seconds an idle entry stays loaded; infinity (`Duration.FOREVER`): until evicted
+    idle_ttl: float = math.inf
     queue_timeout: float = 30.0
     max_queue: int = 64
     #: bytes each entry may grow by after loading (its prompt cache), counted in max_bytes
@@ -50,11 +52,12 @@ class LeaseRequest:
     spec: LoadSpec
     estimated_bytes: int
     pinned: bool = False
+    #: seconds idle before unloading; None: the pool's idle_ttl
     ttl: float | None = None
     #: adapters: the base model, loaded first; the adapter shares its arrays
     base: LeaseRequest | None = None
-    #: per request (Ollama's keep_alive): None keeps the entry's lifetime, < 0 pins it,
-    #: 0 unloads it once idle, > 0 unloads it after that many idle seconds
+    #: per request (Ollama's keep_alive): None keeps the entry's lifetime, forever (infinity)
+    #: pins it, 0 unloads it once idle, > 0 unloads it after that many idle seconds
     keep_alive: float | None = None
 
 
@@ -120,7 +123,7 @@ class Pool:
     def expires_in(self, entry: PoolEntry, now: float | None = None) -> float | None:
         """Seconds until an idle entry's ttl unloads it; None if it never expires (or is busy)."""
         ttl = entry.ttl if entry.ttl is not None else self.limits.idle_ttl
-        if ttl is None or entry.pinned or entry.in_flight or not entry.loaded:
+        if math.isinf(ttl) or entry.pinned or entry.in_flight or not entry.loaded:
             return None
         now = time.monotonic() if now is None else now
         return max(0.0, entry.last_used + ttl - now)
@@ -145,7 +148,7 @@ class Pool:
     async def _apply_keep_alive(self, entry: PoolEntry, keep_alive: float | None) -> None:
         if keep_alive is None:
             return
-        if keep_alive < 0:
+        if math.isinf(keep_alive):
             entry.pinned = True
             return
         entry.pinned = False

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
-from .config import Config, ModelEntryConfig, parse_duration
+from .config import Config, ModelEntryConfig
 from .discovery import FoundModel, describe_folder, scan_hf_cache, scan_model_dir
 from .errors import ModelNotFoundError
 
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 class EntryOptions:
     pinned: bool = False
     preload: bool = False
+    #: seconds idle before unloading; None: the pool's idle_ttl
     ttl: float | None = None
     trust_remote_code: bool = False
 
@@ -84,7 +85,7 @@ def _options(entry: ModelEntryConfig) -> EntryOptions:
     return EntryOptions(
         pinned=entry.pinned,
         preload=entry.preload,
-        ttl=parse_duration(entry.ttl),
+        ttl=entry.ttl,
         trust_remote_code=entry.trust_remote_code,
     )
 

@@ -27,10 +27,11 @@ import uvicorn
 from .api import create_app
 from .cli import connect_url
 from .config import Config
-from .daemon import Daemon, _only_model
+from .daemon import Daemon
 from .listener import bind_socket
 from .paths import default_paths
 from .registry import Registry
+from .targets import only_model
 
 log = logging.getLogger("mlxrouter")
 
@@ -63,7 +64,7 @@ def ready_line(base_url: str, registry: Registry, default_model: str | None) -> 
     counts = f"{models} model{'' if models == 1 else 's'}"
     if adapters:
         counts += f", {adapters} adapter{'' if adapters == 1 else 's'}"
-    default = default_model or _only_model(registry)
+    default = default_model or only_model(registry)
     if default is None:
         default = "none"
     elif default not in registry.ids():

@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -22,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+from _harness import start_mlxrouter
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -131,22 +130,14 @@ def main() -> int:
             "MLXROUTER_LOG_DIR": str(root / "logs"),
             "HF_HUB_OFFLINE": "1",
         }
-        log = (root / "serve.log").open("wb")
         # Port 0: the daemon binds a free port and its ready line on stdout says which.
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "mlxrouter", "serve", "--config", str(config), "--port", "0"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=log,
-        )
         try:
-            assert daemon.stdout is not None
-            ready = daemon.stdout.readline().decode()
-            match = re.match(r"mlxrouter ready: (http://\S+)/v1 ", ready)
-            if not match:
-                log.close()
-                raise SystemExit(f"the daemon did not start:\n{(root / 'serve.log').read_text()}")
-            url = match.group(1)
+            daemon, url = start_mlxrouter(
+                ["--config", str(config)], log=root / "serve.log", env=env, timeout=120
+            )
+        except RuntimeError as exc:
+            raise SystemExit(f"the daemon did not start: {exc}") from None
+        try:
             started = time.monotonic()
             soak = Soak(url, started + args.seconds, args.seed)
             threads = [
@@ -171,9 +162,6 @@ def main() -> int:
         finally:
             daemon.terminate()
             code = daemon.wait(60)
-            log.close()
-            if daemon.stdout is not None:
-                daemon.stdout.close()
 
         latencies = sorted(soak.latencies)
         p50 = statistics.median(latencies) if latencies else float("nan")

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
-import select
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +17,11 @@ import pytest
 from tinymodel import make_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))  # the process harness the scripts share
+
+from _harness import read_line, start_mlxrouter  # noqa: E402
+
+__all__ = ["read_line"]
 # Reused across runs: the demo model is fetched and converted once per checkout.
 CACHE = REPO / ".cache"
 
@@ -68,13 +70,6 @@ def demo_model() -> Path:
     from mlxrouter.demo import ensure_demo_model
 
     return ensure_demo_model(CACHE / "models")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager
@@ -133,40 +128,17 @@ def spawned_daemon(
     args: list[str], *, log: Path, env: dict[str, str] | None = None, timeout: float = 120
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`python -m mlxrouter serve ARGS --port 0` as a real process; yields (base URL, process)
-    once its ready line says where it listens. Port 0: the kernel picks the port as the
-    daemon binds it, so no other process can take it in between. Killed if still running."""
-    command = [sys.executable, "-m", "mlxrouter", "serve", *args, "--port", "0"]
-    with log.open("wb") as err:
-        process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=err, env={**os.environ, **(env or {})}
-        )
+    once its ready line says where it listens (scripts/_harness.py, shared with the scripts).
+    Killed if still running at the end."""
+    process, url = start_mlxrouter(
+        args, log=log, env={**os.environ, **(env or {})}, timeout=timeout
+    )
     try:
-        assert process.stdout is not None
-        line = read_line(process.stdout, time.monotonic() + timeout)
-        match = re.match(r"mlxrouter ready: (http://\S+)/v1 ", line)
-        assert match, f"no ready line ({line!r}); log:\n{log.read_text()}"
-        yield match.group(1), process
+        yield url, process
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(30)
-        if process.stdout is not None:
-            process.stdout.close()
-
-
-def read_line(stream: Any, deadline: float) -> str:
-    """One line from a pipe, or "" at EOF; fails past `deadline` instead of hanging."""
-    data = b""
-    while not data.endswith(b"\n"):
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"no full line before the deadline: {data!r}"
-        ready, _, _ = select.select([stream], [], [], remaining)
-        if ready:
-            chunk = os.read(stream.fileno(), 1)
-            if not chunk:
-                break
-            data += chunk
-    return data.decode()
 
 
 def wait_until(

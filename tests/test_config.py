@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from mlxrouter.config import Config, load_config, parse_bytes, parse_config, parse_duration
+from mlxrouter.config import Config, load_config, parse_config
 from mlxrouter.errors import ConfigError
+from mlxrouter.units import ByteSize, Duration, MemoryLimit
 
 
 def test_defaults_match_the_documented_ones() -> None:
@@ -16,7 +17,7 @@ def test_defaults_match_the_documented_ones() -> None:
     assert config.model_dirs == []
     assert config.pool.max_models == 2
     assert config.pool.max_memory is None
-    assert config.pool.idle_ttl is None
+    assert config.pool.idle_ttl == Duration.FOREVER and config.pool.idle_ttl.forever
     assert config.api_key is None
 
 
@@ -40,7 +41,7 @@ api_key: secret
     assert config.port == 9000
     assert config.hf_cache_dir() == Path("/somewhere/hub")
     assert config.models["mine"].pinned is True
-    assert config.pool.max_memory == "60%"
+    assert config.pool.max_memory == MemoryLimit(share=0.6)
 
 
 @pytest.mark.parametrize(
@@ -102,16 +103,42 @@ def test_models_data_dir_is_always_scanned(monkeypatch: pytest.MonkeyPatch, tmp_
     ],
 )
 def test_parse_bytes(value: str | int, expected: int) -> None:
-    assert parse_bytes(value) == expected
+    assert ByteSize.parse(value) == expected
 
 
-def test_parse_bytes_percentage_of_memory() -> None:
-    assert parse_bytes("60%", total_memory=1000) == 600
+def test_memory_limit_bytes_or_a_share_of_memory() -> None:
+    assert MemoryLimit.parse("60%").resolve(1000) == 600
+    assert MemoryLimit.parse("60%").resolve(None) is None  # the machine's size is unknown
+    assert MemoryLimit.parse("1KiB").resolve(1000) == 1024
+    with pytest.raises(ValueError, match="share"):
+        MemoryLimit.parse("150%")
 
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(None, None), (30, 30.0), ("30s", 30.0), ("10m", 600.0), ("2h", 7200.0), (-1, None)],
+    [
+        (30, 30.0),
+        ("30s", 30.0),
+        ("10m", 600.0),
+        ("2h", 7200.0),
+        (-1, Duration.FOREVER),
+        ("-1", Duration.FOREVER),
+        ("forever", Duration.FOREVER),
+    ],
 )
-def test_parse_duration(value: str | float | None, expected: float | None) -> None:
-    assert parse_duration(value) == expected
+def test_parse_duration(value: str | float, expected: float) -> None:
+    assert Duration.parse(value) == expected
+
+
+def test_sizes_and_durations_are_decoded_once_into_typed_values() -> None:
+    config = parse_config(
+        "pool: {max_memory: 8GiB, idle_ttl: 10m, prompt_cache_bytes: 1MiB}\n"
+        "models: {a: {path: /a, ttl: forever}, b: {path: /b, ttl: 30}}\n"
+    )
+    assert config.pool.max_memory == MemoryLimit(nbytes=8 * 2**30)
+    assert isinstance(config.pool.idle_ttl, Duration) and config.pool.idle_ttl == 600
+    assert isinstance(config.pool.prompt_cache_bytes, ByteSize)
+    assert config.pool.prompt_cache_bytes == 2**20
+    assert config.models["a"].ttl == Duration.FOREVER
+    assert config.models["b"].ttl == 30
+    assert parse_config("pool: {idle_ttl: null}").pool.idle_ttl.forever

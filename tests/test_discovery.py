@@ -171,6 +171,27 @@ def test_huge_header_length_is_not_served(tmp_path: Path) -> None:
     assert folder_kind(folder) is None
 
 
+def test_safetensors_with_a_gap_between_tensors_is_not_served(tmp_path: Path) -> None:
+    # Offsets must tile the data exactly (safetensors' own rule), not merely end at the end.
+    folder = make_model(tmp_path / "gap")
+    header = {
+        "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+        "b": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]},
+    }
+    raw = json.dumps(header).encode()
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + bytes(12))
+    assert folder_kind(folder) is None
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_fifo_named_like_weights_is_not_served(tmp_path: Path) -> None:
+    # Opening a pipe with no writer blocks; the scan must refuse it without waiting.
+    folder = make_model(tmp_path / "pipe")
+    (folder / "model.safetensors").unlink()
+    os.mkfifo(folder / "model.safetensors")
+    assert folder_kind(folder) is None
+
+
 def test_missing_tokenizer_is_not_served(tmp_path: Path) -> None:
     folder = make_model(tmp_path / "notok")
     (folder / "tokenizer.json").unlink()

@@ -317,6 +317,128 @@ def test_k_quant_file_is_refused_before_loading(tmp_path: Path) -> None:
         convert_gguf(source, tmp_path / "k")
 
 
+# --------------------------------------------------------------------------- quantized tensors
+
+_GGUF_TO_MLX = {
+    "token_embd": "model.embed_tokens",
+    "output": "lm_head",
+    "output_norm": "model.norm",
+    "blk.0.attn_norm": "model.layers.0.input_layernorm",
+    "blk.0.ffn_norm": "model.layers.0.post_attention_layernorm",
+    "blk.0.attn_q": "model.layers.0.self_attn.q_proj",
+    "blk.0.attn_k": "model.layers.0.self_attn.k_proj",
+    "blk.0.attn_v": "model.layers.0.self_attn.v_proj",
+    "blk.0.attn_output": "model.layers.0.self_attn.o_proj",
+    "blk.0.ffn_gate": "model.layers.0.mlp.gate_proj",
+    "blk.0.ffn_up": "model.layers.0.mlp.up_proj",
+    "blk.0.ffn_down": "model.layers.0.mlp.down_proj",
+}
+
+
+def _quantized_llama_gguf(path: Path, types: dict[str, str]) -> Path:
+    """A one-layer llama written by llama.cpp's own `gguf` writer; `types` maps a tensor base
+    name to its GGUF type (F32 when not listed). Q6_K blocks are random, with sane scales."""
+    import gguf
+    import numpy as np
+
+    hidden, vocab = 256, len(_TINY_TOKENS)  # k-quants need rows of 256 values
+    rng = np.random.default_rng(0)
+    shapes = dict.fromkeys(_GGUF_TO_MLX, (hidden, hidden))
+    shapes |= {"token_embd": (vocab, hidden), "output": (vocab, hidden)}
+    shapes |= dict.fromkeys(("output_norm", "blk.0.attn_norm", "blk.0.ffn_norm"), (hidden,))
+    shapes |= {"blk.0.attn_k": (hidden // 2, hidden), "blk.0.attn_v": (hidden // 2, hidden)}
+
+    writer = gguf.GGUFWriter(str(path), arch="llama")
+    for key, value in {
+        "llama.embedding_length": hidden,
+        "llama.block_count": 1,
+        "llama.feed_forward_length": hidden,
+        "llama.attention.head_count": 4,
+        "llama.attention.head_count_kv": 2,
+        "llama.context_length": 256,
+        "tokenizer.ggml.unknown_token_id": 0,
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+    }.items():
+        writer.add_uint32(key, value)
+    writer.add_float32("llama.attention.layer_norm_rms_epsilon", 1e-6)
+    writer.add_string("tokenizer.ggml.model", "llama")
+    writer.add_array("tokenizer.ggml.tokens", _TINY_TOKENS)
+    writer.add_array("tokenizer.ggml.scores", [0.0] * 259 + [-1.0, -2.0, -3.0, -4.0, -5.0, -6.0])
+    writer.add_array("tokenizer.ggml.token_type", [2, 3, 3] + [6] * 256 + [1] * len(_PIECES))
+    for base, shape in shapes.items():
+        kind = gguf.GGMLQuantizationType[types.get(base, "F32")]
+        values = (rng.standard_normal(shape) * 0.02).astype(np.float32)
+        if kind == gguf.GGMLQuantizationType.F32:
+            writer.add_tensor(f"{base}.weight", values)
+        elif kind == gguf.GGMLQuantizationType.Q6_K:
+            blocks = rng.integers(0, 256, size=(values.size // 256, 210), dtype=np.uint8)
+            blocks[:, 208:] = np.full((len(blocks), 1), 0.001, np.float16).view(np.uint8)
+            writer.add_tensor(f"{base}.weight", blocks.reshape(shape[0], -1), raw_dtype=kind)
+        else:
+            writer.add_tensor(f"{base}.weight", gguf.quants.quantize(values, kind), raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_quantized_tensors_are_repacked_as_mx_load_did(tmp_path: Path) -> None:
+    import numpy as np
+
+    types = {"token_embd": "Q8_0", "output": "Q6_K", "blk.0.attn_q": "Q4_0"}
+    types |= dict.fromkeys(("blk.0.attn_k", "blk.0.attn_v", "blk.0.attn_output"), "Q4_1")
+    types |= dict.fromkeys(("blk.0.ffn_gate", "blk.0.ffn_up", "blk.0.ffn_down"), "Q4_1")
+    source = _quantized_llama_gguf(tmp_path / "q.gguf", types)
+    out = convert_gguf(source, tmp_path / "q")
+
+    # mx.load's own GGUF reader, which the converter used before, is the reference: Q4_0/Q4_1/Q8_0
+    # repacked as MLX quantization without dequantizing, Q6_K expanded to float16, bit for bit.
+    reference = mx.load(str(source), format="gguf")
+    converted = mx.load(str(out / "model.safetensors"))
+    assert isinstance(reference, dict)
+    assert isinstance(converted, dict)
+    assert len(converted) == len(reference)
+    for name, expected in reference.items():
+        base, _, suffix = name.rpartition(".")
+        array = converted[f"{_GGUF_TO_MLX[base]}.{suffix}"]
+        assert (array.dtype, array.shape) == (expected.dtype, expected.shape), name
+        assert np.array(array).tobytes() == np.array(expected).tobytes(), name
+    assert converted["lm_head.weight"].dtype == mx.float16
+
+    config = _read_json(out / "config.json")
+    assert config["quantization"] == {
+        "group_size": 32,
+        "bits": 4,
+        "model.embed_tokens": {"group_size": 32, "bits": 8},
+    }
+    from mlx_lm import load
+
+    model, _ = load(str(out))
+    assert model(mx.array([[1, 260, 261]])).shape == (1, 3, len(_TINY_TOKENS))
+
+
+def test_unsupported_tensor_type_is_refused(tmp_path: Path) -> None:
+    source = _quantized_llama_gguf(tmp_path / "q5.gguf", {"blk.0.attn_q": "Q5_0"})
+    with pytest.raises(GGUFConversionError, match=r"'blk\.0\.attn_q\.weight' is Q5_0"):
+        convert_gguf(source, tmp_path / "q5")
+    assert [p.name for p in tmp_path.iterdir()] == ["q5.gguf"]
+
+
+@pytest.mark.parametrize("keep", [16, 2000, -100])
+def test_truncated_gguf_is_refused(tmp_path: Path, keep: int) -> None:
+    # Cut in the header, in the metadata, and in the tensor data (a download cut short).
+    whole = _tiny_llama_gguf(tmp_path / "whole.gguf").read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(whole[:keep])
+    with pytest.raises(
+        GGUFConversionError, match=r"cut\.gguf is not a GGUF file, or it is damaged"
+    ):
+        convert_gguf(cut, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 # --------------------------------------------------------------------------- naming
 
 

@@ -388,3 +388,26 @@ def test_serve_without_a_config_file_applies_one_created_later(
         )
         listed = httpx.get(url + "/v1/models", headers={"Authorization": "Bearer secret"})
         assert {m["id"] for m in listed.json()["data"]} >= {"tiny-a", "tiny-b"}
+
+
+def test_prompt_cache_size_follows_a_live_edit(tiny_models: Path, tmp_path: Path) -> None:
+    """`pool.prompt_cache_bytes` edited live reaches the engine: the loaded model's cache is
+    emptied at 0, and follow-up turns stop reusing their prefix."""
+    config = tmp_path / "config.yaml"
+    config.write_text(f"hf_cache: false\nmodel_dirs: [{tiny_models}]\n")
+    body = {"model": "tiny-a", "prompt": "The quick brown fox jumps", "max_tokens": 2}
+    with watched_daemon(config) as (url, app), httpx.Client(base_url=url, timeout=60) as http:
+
+        def cached() -> int:
+            answer = http.post("/v1/completions", json=body).json()
+            return int(answer["usage"]["prompt_tokens_details"]["cached_tokens"])
+
+        cached()
+        assert cached() > 0  # the first answer's KV cache served the second
+        engine = app.state.daemon.engine
+        config.write_text(
+            f"hf_cache: false\nmodel_dirs: [{tiny_models}]\npool: {{prompt_cache_bytes: 0}}\n"
+        )
+        wait_until(lambda: engine.prompt_cache_bytes == 0, timeout=30, what="the edit")
+        assert cached() == 0
+        assert cached() == 0

@@ -23,7 +23,7 @@ from ..config import Config
 from ..daemon import Daemon
 from .errors import EXCEPTION_HANDLERS
 from .guards import host_allowlist, write_timeout
-from .routes import ROUTES
+from .routes import ROUTES, ModelsAnswer
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def create_app(
             write_timeout(config.write_timeout),
         ],
         cors_config=cors,
-        state=State({"daemon": the_daemon}),
+        state=State({"daemon": the_daemon, "models_answer": ModelsAnswer()}),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         guards=[_api_key_guard(the_daemon, os.environ.get("MLXROUTER_API_KEY"))],
         on_startup=[on_startup],

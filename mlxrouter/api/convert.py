@@ -1,21 +1,17 @@
-"""Request -> engine parameters, and engine events -> OpenAI response bodies and SSE chunks.
+"""OpenAI requests -> engine requests (`GenerationRequest`): messages as templates expect them,
+prompts, sampling, stop strings, tools, `response_format`, `keep_alive`.
 
-Pure functions over plain data; the routes call them at the boundary."""
+Pure functions over plain data; the routes call them at the boundary. The way back, engine
+events -> OpenAI answers, is `answers.py`."""
 
 from __future__ import annotations
 
 import json
-import time
-import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
-
-from ..config import parse_duration
-from ..engine import Chunk, Finished, GenerationRequest, SamplingParams, TokenLogprob, ToolCall
-from ..errors import InvalidRequestError, MlxRouterError
+from ..engine import GenerationRequest, SamplingParams
+from ..errors import InvalidRequestError
+from ..units import Duration
 from .schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
 
 SYSTEM_FINGERPRINT = "mlxrouter"
@@ -69,22 +65,17 @@ def schema_of(response_format: dict[str, Any]) -> dict[str, Any] | None:
     )
 
 
-def keep_alive_seconds(value: str | float | None) -> float | None:
-    """Ollama's keep_alive: a duration ("5m", "30s") or seconds; 0 unload, negative pin."""
+def keep_alive(value: str | float | None) -> Duration | None:
+    """Ollama's keep_alive: a duration ("5m", "30s") or seconds; 0 unloads once idle,
+    negative (or "forever") keeps the entry loaded until unloaded."""
     if value is None:
         return None
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("-"):
-            return -1.0
-        try:
-            seconds = parse_duration(text)
-        except ValueError:
-            raise InvalidRequestError(
-                "`keep_alive` must be seconds or a duration such as '5m'", param="keep_alive"
-            ) from None
-        return seconds
-    return -1.0 if value < 0 else float(value)
+    try:
+        return Duration.parse(value)
+    except (ValueError, TypeError):
+        raise InvalidRequestError(
+            "`keep_alive` must be seconds or a duration such as '5m'", param="keep_alive"
+        ) from None
 
 
 def _stop(stop: str | list[str] | None) -> tuple[str, ...]:
@@ -227,168 +218,3 @@ def _prompts(prompt: str | list[str | int | list[int]]) -> list[str | list[int]]
         "non-empty token-id lists",
         param="prompt",
     )
-
-
-# ---- responses --------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class ResponseMeta:
-    """What every response and chunk of one request share."""
-
-    kind: str  # "chat" or "text"
-    model: str
-    id: str = ""
-    created: int = field(default_factory=lambda: int(time.time()))
-
-    def __post_init__(self) -> None:
-        prefix = "chatcmpl" if self.kind == "chat" else "cmpl"
-        self.id = self.id or f"{prefix}-{uuid.uuid4().hex}"
-
-    def envelope(self, *, chunk: bool) -> dict[str, Any]:
-        if self.kind == "chat":
-            obj = "chat.completion.chunk" if chunk else "chat.completion"
-        else:
-            obj = "text_completion"
-        return {
-            "id": self.id,
-            "object": obj,
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": SYSTEM_FINGERPRINT,
-        }
-
-
-def usage(finished: Sequence[Finished]) -> dict[str, Any]:
-    """Token counts summed over a request's choices."""
-    prompt = sum(f.prompt_tokens for f in finished)
-    completion = sum(f.completion_tokens for f in finished)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": sum(f.cached_tokens for f in finished)},
-    }
-
-
-def _bytes(text: str) -> list[int]:
-    return list(text.encode("utf-8"))
-
-
-def chat_logprobs(items: Sequence[TokenLogprob]) -> dict[str, Any]:
-    return {
-        "content": [
-            {
-                "token": item.token,
-                "logprob": item.logprob,
-                "bytes": _bytes(item.token),
-                "top_logprobs": [
-                    {"token": tok, "logprob": lp, "bytes": _bytes(tok)} for tok, lp in item.top
-                ],
-            }
-            for item in items
-        ]
-    }
-
-
-def text_logprobs(items: Sequence[TokenLogprob], offset: int = 0) -> dict[str, Any]:
-    offsets = []
-    for item in items:
-        offsets.append(offset)
-        offset += len(item.token)
-    return {
-        "tokens": [item.token for item in items],
-        "token_logprobs": [item.logprob for item in items],
-        "top_logprobs": [dict(item.top) for item in items],
-        "text_offset": offsets,
-    }
-
-
-def full_response(
-    meta: ResponseMeta,
-    answers: Sequence[tuple[Sequence[Chunk], Finished]],
-    *,
-    logprobs: bool,
-) -> dict[str, Any]:
-    """The whole answer: one choice per (chunks, finished), in order."""
-    choices = [
-        _choice(meta, index, chunks, finished, logprobs=logprobs)
-        for index, (chunks, finished) in enumerate(answers)
-    ]
-    finished = [done for _, done in answers]
-    return {**meta.envelope(chunk=False), "choices": choices, "usage": usage(finished)}
-
-
-def _choice(
-    meta: ResponseMeta, index: int, chunks: Sequence[Chunk], finished: Finished, *, logprobs: bool
-) -> dict[str, Any]:
-    text = "".join(c.text for c in chunks)
-    items = [lp for c in chunks for lp in c.logprobs]
-    calls = [call for c in chunks for call in c.tool_calls]
-    choice: dict[str, Any] = {"index": index, "finish_reason": finished.finish_reason}
-    if meta.kind == "chat":
-        choice["message"] = {"role": "assistant", "content": text or (None if calls else "")}
-        if calls:
-            choice["message"]["tool_calls"] = [tool_call(call) for call in calls]
-        choice["logprobs"] = chat_logprobs(items) if logprobs else None
-    else:
-        choice["text"] = text
-        choice["logprobs"] = text_logprobs(items) if logprobs else None
-    return choice
-
-
-def tool_call(call: ToolCall, index: int | None = None) -> dict[str, Any]:
-    """OpenAI's tool_calls item; streamed ones carry their `index` in the list."""
-    item: dict[str, Any] = {} if index is None else {"index": index}
-    item.update(
-        {
-            "id": call.id,
-            "type": "function",
-            "function": {"name": call.name, "arguments": call.arguments},
-        }
-    )
-    return item
-
-
-def sse(data: dict[str, Any]) -> bytes:
-    return b"data: " + msgspec.json.encode(data) + b"\n\n"
-
-
-def error_body(exc: MlxRouterError) -> dict[str, Any]:
-    """The error envelope, for errors reported inside a stream whose headers went out."""
-    return {"error": {"message": exc.message, "type": exc.type, "param": None, "code": exc.code}}
-
-
-SSE_DONE = b"data: [DONE]\n\n"
-
-
-def chunk_event(
-    meta: ResponseMeta,
-    *,
-    text: str | None,
-    index: int = 0,
-    logprobs: Sequence[TokenLogprob] | None = None,
-    finish_reason: str | None = None,
-    first: bool = False,
-    offset: int = 0,
-    tool_calls: Sequence[tuple[int, ToolCall]] = (),
-) -> bytes:
-    choice: dict[str, Any] = {"index": index, "finish_reason": finish_reason}
-    if meta.kind == "chat":
-        delta: dict[str, Any] = {}
-        if first:
-            delta["role"] = "assistant"
-        if text is not None and (text or not tool_calls):
-            delta["content"] = text
-        if tool_calls:
-            delta["tool_calls"] = [tool_call(call, index) for index, call in tool_calls]
-        choice["delta"] = delta
-        choice["logprobs"] = chat_logprobs(logprobs) if logprobs is not None else None
-    else:
-        choice["text"] = text or ""
-        choice["logprobs"] = text_logprobs(logprobs, offset) if logprobs is not None else None
-    return sse({**meta.envelope(chunk=True), "choices": [choice]})
-
-
-def usage_event(meta: ResponseMeta, finished: Sequence[Finished]) -> bytes:
-    return sse({**meta.envelope(chunk=True), "choices": [], "usage": usage(finished)})

@@ -30,7 +30,7 @@ from ..errors import (
     PoolBusyError,
     ShuttingDownError,
 )
-from .schemas import ErrorBody, ErrorResponse
+from ..status import ErrorBody, ErrorResponse
 
 log = logging.getLogger(__name__)
 

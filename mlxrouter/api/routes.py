@@ -8,31 +8,25 @@ cancels its generation at the next token step.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 import msgspec
 from litestar import MediaType, Request, Response, get, post
 from litestar.datastructures import State
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
+from litestar.types import AnyCallable
 
 from ..daemon import Daemon
 from ..engine import GenerationRequest
 from ..metrics import CONTENT_TYPE
-from ..registry import RegistryEntry
-from . import convert
-from .schemas import (
-    AdminModelRequest,
-    ChatCompletion,
-    ChatCompletionRequest,
-    Completion,
-    CompletionRequest,
-    ErrorResponse,
-    Health,
-    ModelCard,
-    ModelList,
-)
+from ..status import ErrorResponse, Health, LoadAnswer, ModelCard, PoolStatus, UnloadAnswer
+from . import answers, convert
+from .responses import ChatCompletion, Completion, ModelList
+from .schemas import AdminModelRequest, ChatCompletionRequest, CompletionRequest
 from .session import CompletionSession, SessionStream
 
 log = logging.getLogger(__name__)
@@ -50,17 +44,14 @@ def _errors(*statuses: int) -> dict[int, ResponseSpec]:
     }
 
 
-COMPLETION_ERRORS = _errors(400, 401, 403, 404, 409, 413, 500, 503, 507)
+def _completion_route(paths: list[str], answer: type) -> Callable[[AnyCallable], HTTPRouteHandler]:
+    """`POST` of one OpenAI completion kind: its paths, and its answer and errors for OpenAPI."""
+    described = ResponseSpec(answer, description="The answer (or SSE chunks when streaming)")
+    errors = _errors(400, 401, 403, 404, 409, 413, 500, 503, 507)
+    return post(paths, status_code=200, responses={200: described, **errors})
 
 
-@post(
-    ["/v1/chat/completions", "/chat/completions"],
-    status_code=200,
-    responses={
-        200: ResponseSpec(ChatCompletion, description="The answer (or SSE chunks when streaming)"),
-        **COMPLETION_ERRORS,
-    },
-)
+@_completion_route(["/v1/chat/completions", "/chat/completions"], ChatCompletion)
 async def chat_completions(
     request: Request[Any, Any, Any], state: State, data: JSONBody[ChatCompletionRequest]
 ) -> Response[Any] | Stream:
@@ -69,14 +60,7 @@ async def chat_completions(
     return await _complete(request, daemon, data, [generation], logprobs=bool(data.logprobs))
 
 
-@post(
-    ["/v1/completions", "/completions"],
-    status_code=200,
-    responses={
-        200: ResponseSpec(Completion, description="The answer (or SSE chunks when streaming)"),
-        **COMPLETION_ERRORS,
-    },
-)
+@_completion_route(["/v1/completions", "/completions"], Completion)
 async def completions(
     request: Request[Any, Any, Any], state: State, data: JSONBody[CompletionRequest]
 ) -> Response[Any] | Stream:
@@ -94,48 +78,41 @@ async def _complete(
     generations: list[GenerationRequest],
     *,
     logprobs: bool,
-) -> Response[Any] | Stream:
-    kind = "chat" if isinstance(body, ChatCompletionRequest) else "text"
+) -> Response[ChatCompletion | Completion] | Stream:
+    kind: Literal["chat", "text"] = "chat" if isinstance(body, ChatCompletionRequest) else "text"
     session = CompletionSession(
         daemon,
         kind,
         model=body.model,
         adapters=body.adapters,
-        keep_alive=body.keep_alive,
-        logprobs=logprobs,
+        keep_alive=convert.keep_alive(body.keep_alive),
     )
     await session.open(generations)
+    meta = answers.ResponseMeta(kind=kind, model=session.model, logprobs=logprobs)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return SessionStream(session, include_usage=include_usage)
-    return Response(await session.full(request))
+        stream = answers.sse_answer(session, meta, include_usage=include_usage)
+        return SessionStream(session, stream, media_type="text/event-stream")
+    return Response(answers.full_response(meta, await session.answers(request)))
 
 
 # ---- models and health --------------------------------------------------------------------
 
 
-def _model_card(daemon: Daemon, model_id: str, entry: RegistryEntry) -> dict[str, Any]:
-    found = entry.found
-    registry = daemon.registry
-    # An adapter answers like its base: its context, capabilities and quantisation are the base's.
-    model = (
-        registry.entries.get(entry.base or "", entry).found if entry.kind == "adapter" else found
-    )
-    return {
-        "id": model_id,
-        "object": "model",
-        "created": found.created,
-        "owned_by": found.owned_by,
-        # --- mlxrouter extensions ---
-        "kind": entry.kind,
-        "base": entry.base,
-        "loaded": daemon.pool.is_loaded(entry.id),
-        "context_length": model.context_length,
-        "max_model_len": model.context_length,  # the name vLLM-aware pickers read
-        "capabilities": list(model.capabilities),
-        "quantization_bits": model.quantization_bits,
-        "size_bytes": found.size_bytes,
-    }
+class ModelsAnswer:
+    """IDE plugins poll `/v1/models`; its answer only changes with the registry snapshot or
+    the loaded set, so it is encoded once for each pair."""
+
+    def __init__(self) -> None:
+        self._key: tuple[object, frozenset[str]] | None = None
+        self._body = b""
+
+    def body(self, daemon: Daemon) -> bytes:
+        key = (daemon.registry, daemon.loaded_ids())
+        if self._key is None or self._key[0] is not key[0] or self._key[1] != key[1]:
+            self._body = msgspec.json.encode(ModelList(data=daemon.model_cards()))
+            self._key = key
+        return self._body
 
 
 @get(
@@ -143,28 +120,16 @@ def _model_card(daemon: Daemon, model_id: str, entry: RegistryEntry) -> dict[str
     responses={200: ResponseSpec(ModelList, description="Every id and alias"), **_errors(401)},
 )
 async def list_models(state: State) -> Response[bytes]:
-    daemon = _daemon(state)
-    registry = daemon.registry  # one snapshot for the whole answer
-    loaded = frozenset(e.key for e in daemon.pool.entries() if e.loaded)
-    # IDE plugins poll this: the answer only changes with the snapshot or the loaded set,
-    # so it is built and encoded once for each pair.
-    cached = daemon.models_answer
-    if cached is None or cached[0] is not registry or cached[1] != loaded:
-        cards = [_model_card(daemon, e.id, e) for e in registry]
-        cards += [_model_card(daemon, a, registry.resolve(a)) for a in registry.aliases]
-        body = msgspec.json.encode({"object": "list", "data": sorted(cards, key=lambda c: c["id"])})
-        cached = daemon.models_answer = (registry, loaded, body)
-    return Response(cached[2], media_type=MediaType.JSON)
+    answer: ModelsAnswer = state.models_answer
+    return Response(answer.body(_daemon(state)), media_type=MediaType.JSON)
 
 
 @get(
     ["/v1/models/{model_id:path}", "/models/{model_id:path}"],
     responses={200: ResponseSpec(ModelCard, description="One model"), **_errors(401, 404)},
 )
-async def get_model(state: State, model_id: FromPath[str]) -> dict[str, Any]:
-    daemon = _daemon(state)
-    name = model_id.lstrip("/")
-    return _model_card(daemon, name, daemon.registry.resolve(name))
+async def get_model(state: State, model_id: FromPath[str]) -> ModelCard:
+    return _daemon(state).model_card(model_id.lstrip("/"))
 
 
 @get("/metrics", media_type=CONTENT_TYPE)
@@ -174,38 +139,31 @@ async def metrics(state: State) -> bytes:
 
 
 @get("/health", responses={200: ResponseSpec(Health, description="ok or degraded")})
-async def health(state: State) -> Response[dict[str, Any]]:
-    daemon = _daemon(state)
-    ok, reasons = daemon.health()
-    body = {
-        "status": "ok" if ok else "degraded",
-        "reasons": reasons,
-        "models": len(daemon.registry),
-        "loaded": [e.key for e in daemon.pool.entries() if e.loaded],
-    }
-    return Response(body, status_code=200 if ok else 503)
+async def health(state: State) -> Response[Health]:
+    answer = _daemon(state).health()
+    return Response(answer, status_code=200 if answer.ok else 503)
 
 
 # ---- admin ----------------------------------------------------------------------------------
 
 
 @get("/admin/pool")
-async def admin_pool(state: State) -> dict[str, Any]:
+async def admin_pool(state: State) -> PoolStatus:
     return _daemon(state).pool_status()
 
 
 @post("/admin/load", status_code=200)
-async def admin_load(state: State, data: JSONBody[AdminModelRequest]) -> dict[str, Any]:
+async def admin_load(state: State, data: JSONBody[AdminModelRequest]) -> LoadAnswer:
     daemon = _daemon(state)
     target = await daemon.load(data.model, data.adapter)
-    return {"loaded": target.key, "pool": daemon.pool_status()}
+    return LoadAnswer(loaded=target.key, pool=daemon.pool_status())
 
 
 @post("/admin/unload", status_code=200)
-async def admin_unload(state: State, data: JSONBody[AdminModelRequest]) -> dict[str, Any]:
+async def admin_unload(state: State, data: JSONBody[AdminModelRequest]) -> UnloadAnswer:
     daemon = _daemon(state)
     unloaded = await daemon.unload(data.model, data.adapter)
-    return {"unloaded": unloaded, "pool": daemon.pool_status()}
+    return UnloadAnswer(unloaded=unloaded, pool=daemon.pool_status())
 
 
 ROUTES = [

@@ -2,11 +2,11 @@
 record, from `open()` to `close()`.
 
 A request with N prompts (`/v1/completions` with a list) runs N engine streams under one lease;
-they are submitted together, so the engine prefills them as one batch. `full()` gathers the
-answers, `sse()` yields SSE chunks as they come. `close()` cancels what still runs and releases
-the lease; it is idempotent and is called explicitly (by the route for whole answers, by
-`SessionStream` when a streamed response ends for any reason), never left to the garbage
-collector.
+they are submitted together, so the engine prefills them as one batch. `answers()` gathers the
+whole answers, `events()` yields the events as they come; each API surface formats them in its
+own shape. `close()` cancels what still runs and releases the lease; it is idempotent and is
+called explicitly (by `answers()`, by the surface's stream at its end, and by `SessionStream`
+when a streamed response ends for any reason), never left to the garbage collector.
 """
 
 from __future__ import annotations
@@ -26,16 +26,21 @@ from litestar.types import Receive, Scope, Send
 from ..daemon import Daemon
 from ..engine import Chunk, Finished, GenerationRequest, GenerationStream
 from ..errors import ClientDisconnectedError, EngineError, MlxRouterError
-from . import convert
+from ..units import Duration
 from .access import RequestRecord
 from .errors import status_of
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+#: one choice's whole answer: its chunks and how it finished
+Answer = tuple[list[Chunk], Finished]
+
+
 class CompletionSession:
-    """Event-loop side. `open()` resolves, leases and starts generating; then exactly one of
-    `full()` or `sse()`; `close()` always."""
+    """Event-loop side, and the same for every API surface: `open()` resolves, leases and
+    starts generating; then `answers()` (whole answers) or `events()` (as they come); `close()`
+    always. Surfaces format what it yields in their own shapes."""
 
     def __init__(
         self,
@@ -44,33 +49,36 @@ class CompletionSession:
         *,
         model: str | None,
         adapters: str | None,
-        keep_alive: str | float | None,
-        logprobs: bool,
+        keep_alive: Duration | None,
     ) -> None:
         self.daemon = daemon
-        self.kind = kind
-        self.logprobs = logprobs
         self.record = RequestRecord(daemon, kind)
         self._model = model
         self._adapters = adapters
         self._keep_alive = keep_alive
         self._stack = AsyncExitStack()
         self._streams: list[GenerationStream] = []
+        self._finished: list[Finished | None] = []
         self._pumps: list[asyncio.Task[None]] = []
         self._closed = False
-        self._meta: convert.ResponseMeta | None = None
+        #: the id the request asked for (an alias stays an alias), once resolved
+        self.model = ""
+
+    @property
+    def choices(self) -> int:
+        return len(self._streams)
 
     async def open(self, generations: Sequence[GenerationRequest]) -> None:
         """Resolve the model, take the lease (loading it if needed) and submit every prompt;
         returns once the engine has accepted them all. On failure the session is closed."""
         try:
             target = self.daemon.target(self._model, self._adapters)
+            self.model = target.requested
             self.record.resolved(target.requested)
             for generation in generations:
                 self.record.log_prompt(generation)
-            keep_alive = convert.keep_alive_seconds(self._keep_alive)
             lease = await self._stack.enter_async_context(
-                self.daemon.lease(target, keep_alive=keep_alive)
+                self.daemon.lease(target, keep_alive=self._keep_alive)
             )
             self.record.leased(lease)
             temperature = self.daemon.default_temperature(target)
@@ -78,20 +86,13 @@ class CompletionSession:
                 if generation.sampling.temperature is None:
                     sampling = replace(generation.sampling, temperature=temperature)
                     generation = replace(generation, sampling=sampling)  # noqa: PLW2901
-                stream = await self.daemon.generate(lease, generation)
-                self._streams.append(stream)
+                self._streams.append(await self.daemon.generate(lease, generation))
+            self._finished = [None] * len(self._streams)
             for stream in self._streams:
                 await stream.next_event()  # Started: the prompt was accepted
         except BaseException as exc:
-            status = status_of(exc) if isinstance(exc, MlxRouterError) else 500
-            await self.close(status)
+            await self.close(status_of(exc) if isinstance(exc, MlxRouterError) else 500)
             raise
-        self._meta = convert.ResponseMeta(kind=self.kind, model=target.requested)
-
-    def _opened(self) -> convert.ResponseMeta:
-        if self._meta is None:
-            raise RuntimeError("CompletionSession.open() was not called")
-        return self._meta
 
     async def close(self, status: int | None = None, finished: Sequence[Finished] = ()) -> None:
         """Cancel the streams still generating and release the lease; records the request
@@ -106,22 +107,24 @@ class CompletionSession:
         await self._stack.aclose()
         self.record.done(499 if status is None else status, finished)
 
+    def finished(self) -> list[Finished]:
+        """How each choice finished (after `events()` has ended)."""
+        return [done for done in self._finished if done is not None]
+
     # ---- whole answers -------------------------------------------------------------------------
 
-    async def full(self, request: Request[Any, Any, Any]) -> dict[str, Any]:
-        """Gather every answer. A client that disconnects meanwhile stops the generation."""
-        meta = self._opened()
+    async def answers(self, request: Request[Any, Any, Any]) -> list[Answer]:
+        """Every choice's whole answer, in order; recorded as 200. A client that disconnects
+        meanwhile stops the generation (`ClientDisconnectedError`)."""
         try:
             answers = await self._gather_unless_gone(request)
         except BaseException as exc:
             await self.close(status_of(exc) if isinstance(exc, MlxRouterError) else 500)
             raise
         await self.close(200, [finished for _, finished in answers])
-        return convert.full_response(meta, answers, logprobs=self.logprobs)
+        return answers
 
-    async def _gather_unless_gone(
-        self, request: Request[Any, Any, Any]
-    ) -> list[tuple[list[Chunk], Finished]]:
+    async def _gather_unless_gone(self, request: Request[Any, Any, Any]) -> list[Answer]:
         collect = asyncio.ensure_future(
             asyncio.gather(*(self._collect(stream) for stream in self._streams))
         )
@@ -141,7 +144,7 @@ class CompletionSession:
             raise ClientDisconnectedError("The client closed the connection")
         return collect.result()
 
-    async def _collect(self, stream: GenerationStream) -> tuple[list[Chunk], Finished]:
+    async def _collect(self, stream: GenerationStream) -> Answer:
         chunks: list[Chunk] = []
         async for event in stream:
             if isinstance(event, Chunk):
@@ -151,54 +154,25 @@ class CompletionSession:
                 return chunks, event
         raise EngineError("The generation ended without finishing")
 
-    # ---- streams -------------------------------------------------------------------------------
+    # ---- as they come --------------------------------------------------------------------------
 
-    async def sse(self, *, include_usage: bool) -> AsyncIterator[bytes]:
-        """SSE chunks of every prompt as they come (each with its choice index), then usage and
-        `[DONE]`. An engine error after the headers went out is reported in-band, as OpenAI
-        does."""
-        meta = self._opened()
+    async def events(self) -> AsyncIterator[tuple[int, Chunk | Finished]]:
+        """Every choice's events as they come, tagged with the choice's index, until each has
+        finished. An engine error is raised."""
         merged: asyncio.Queue[tuple[int, Chunk | Finished | BaseException]] = asyncio.Queue()
         self._pumps = [
             asyncio.create_task(_pump(index, stream, merged))
             for index, stream in enumerate(self._streams)
         ]
-        try:
-            for index in range(len(self._streams)):
-                yield convert.chunk_event(meta, text="", index=index, first=True)
-            offsets = [0] * len(self._streams)
-            calls = [0] * len(self._streams)
-            finished: list[Finished | None] = [None] * len(self._streams)
-            while not all(finished):
-                index, event = await merged.get()
-                if isinstance(event, BaseException):
-                    raise event
-                if isinstance(event, Chunk):
-                    self.record.first_token()
-                    numbered = [(calls[index] + i, c) for i, c in enumerate(event.tool_calls)]
-                    calls[index] += len(numbered)
-                    yield convert.chunk_event(
-                        meta,
-                        text=event.text,
-                        index=index,
-                        logprobs=event.logprobs if self.logprobs else None,
-                        offset=offsets[index],
-                        tool_calls=numbered,
-                    )
-                    offsets[index] += len(event.text)
-                else:
-                    finished[index] = event
-                    yield convert.chunk_event(
-                        meta, text=None, index=index, finish_reason=event.finish_reason
-                    )
-            done = [f for f in finished if f is not None]
-            if include_usage:
-                yield convert.usage_event(meta, done)
-            yield convert.SSE_DONE
-            await self.close(200, done)
-        except EngineError as exc:
-            yield convert.sse(convert.error_body(exc))
-            await self.close(500)
+        while not all(self._finished):
+            index, event = await merged.get()
+            if isinstance(event, BaseException):
+                raise event
+            if isinstance(event, Chunk):
+                self.record.first_token()
+            else:
+                self._finished[index] = event
+            yield index, event
 
 
 async def _pump(
@@ -229,12 +203,10 @@ class SessionStream(Stream):
     """A streamed answer whose session is closed when the response ends, whichever way: all
     sent, the client gone (Litestar cancels the sending task), or a write that failed."""
 
-    def __init__(self, session: CompletionSession, *, include_usage: bool) -> None:
-        super().__init__(
-            session.sse(include_usage=include_usage),
-            media_type="text/event-stream",
-            headers=SSE_HEADERS,
-        )
+    def __init__(
+        self, session: CompletionSession, body: AsyncIterator[bytes], *, media_type: str
+    ) -> None:
+        super().__init__(body, media_type=media_type, headers=SSE_HEADERS)
         self.session = session
 
     def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:

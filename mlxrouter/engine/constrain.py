@@ -17,7 +17,7 @@ import mlx.core as mx
 import numpy as np
 from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
 
-from .errors import InvalidRequestError
+from ..errors import InvalidRequestError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,71 @@
+"""The MLX side of mlxrouter: loading models and generating text, on one owned thread.
+
+Modules, one concern each (only those marked MLX import `mlx` / `mlx_lm`):
+
+- `types`: the shared vocabulary, plain frozen dataclasses: `LoadSpec`, `ModelInfo`,
+  `SamplingParams`, `GenerationRequest` and the events `Started`, `Chunk` (with `TokenLogprob`,
+  `ToolCall`) and `Finished`.
+- `bridge`: the engine thread <-> event loop bridge: the command type, futures settled on
+  their own loop, `GenerationStream` (one request's events) and the `Outbox` that hands a
+  turn's events to each loop in one wake-up.
+- `engine` (MLX): `Engine`, the thread's loop and the public coroutines (`load`, `unload`,
+  `generate`, `call`, `close`), continuous batching with mlx_lm's `BatchGenerator`, and the
+  prompt (KV) cache for prefix reuse.
+- `loading` (MLX): loads that never stall generation (weights read a slice per engine step,
+  the tokenizer on a side thread), LoRA adapters sharing a loaded base's arrays, load errors.
+- `prompt`: a request's prompt tokens (chat template, role mapping) and its checks (token
+  budget against the context, token ids in the vocabulary); pure over a tokenizer.
+- `sampling` (MLX): the sampler (seeded per request), logits processors (penalties, logit
+  bias, the grammar mask) and which grammar a request needs; a token's logprobs.
+- `output` (MLX via mlx_lm's `TextStateMachine`): `SequenceOutput`, one sequence's tokens in,
+  `Chunk`s and `Finished` out: detokenizing, stop strings in text, tool-call segments.
+- `constrain` (MLX, llguidance): grammars for JSON schemas and forced tool calls, and the
+  logits processor that masks every token leaving the grammar.
+
+Importing this package, `types` or `bridge` loads no MLX; `Engine` is imported on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .bridge import GenerationStream
+from .types import (
+    Chunk,
+    Event,
+    Finished,
+    GenerationRequest,
+    LoadSpec,
+    ModelInfo,
+    SamplingParams,
+    Started,
+    TokenLogprob,
+    ToolCall,
+)
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+__all__ = [
+    "Chunk",
+    "Engine",
+    "Event",
+    "Finished",
+    "GenerationRequest",
+    "GenerationStream",
+    "LoadSpec",
+    "ModelInfo",
+    "SamplingParams",
+    "Started",
+    "TokenLogprob",
+    "ToolCall",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Engine imports mlx: only code that runs models pays for it (not config, CLI, API types).
+    if name == "Engine":
+        from .engine import Engine
+
+        return Engine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,380 @@
+"""`Engine`: the one thread that makes every mlx / mlx_lm call, and the coroutines the event
+loop awaits it with.
+
+MLX streams are thread-local (mlx >= 0.31.2), so arrays made on one thread cannot be used on
+another; keeping loads, unloads, tokenisation, prefill and decoding on one thread is what
+makes the daemon safe on Metal and CUDA. The event loop talks to the thread through a command
+queue and gets results back through futures and per-request `GenerationStream` channels.
+
+Each loaded model gets an mlx_lm `BatchGenerator`, so concurrent requests to one model decode
+together (continuous batching); the thread steps every busy model in turn, so requests to
+different models interleave fairly. Loads do not stall them either (see `loading`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import mlx.core as mx
+from mlx_lm.generate import BatchGenerator, make_stop_sequences
+from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
+
+from ..errors import EngineError, ModelLoadError
+from .bridge import Command, GenerationStream, Outbox, reject, resolve
+from .loading import LOAD_SLICE_BYTES, PendingLoads, adapter_on_base, free_memory
+from .output import SequenceOutput
+from .prompt import check_token_ids, context_length, encode_prompt, token_budget
+from .sampling import logits_processors, sampler_for
+from .types import GenerationRequest, LoadSpec, ModelInfo, Started
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# How long the idle thread sleeps on its queue before checking for shutdown.
+_IDLE_POLL_S = 0.5
+# An idle engine woken by a command waits this long for more before it steps (up to the cap),
+# so a burst of requests is prefilled in one batch rather than one first and the rest a whole
+# prefill later; a lone request pays at most one window.
+_BURST_WINDOW_S = 0.005
+_BURST_CAP_S = 0.05
+
+
+@dataclass(slots=True)
+class _Sequence:
+    """A request being decoded; lives on the engine thread only."""
+
+    stream: GenerationStream
+    output: SequenceOutput
+
+
+@dataclass(slots=True)
+class _LoadedModel:
+    """Engine-thread state of one loaded model."""
+
+    spec: LoadSpec
+    model: Any
+    tokenizer: Any
+    info: ModelInfo
+    prompt_cache: Any  # mlx_lm LRUPromptCache: finished sequences' KV caches by token prefix
+    batch: Any = None  # BatchGenerator, made on first use
+    ll_tokenizer: Any = None  # llguidance's tokenizer, made on the first constrained request
+    sequences: dict[int, _Sequence] = field(default_factory=dict)
+
+    def grammar_tokenizer(self) -> Any:
+        """llguidance's tokenizer for this model, for the JSON and tool-call grammars."""
+        if self.ll_tokenizer is None:
+            from .constrain import tokenizer_for
+
+            self.ll_tokenizer = tokenizer_for(self.tokenizer, self.info.vocab_size)
+        return self.ll_tokenizer
+
+
+class Engine:
+    """Owner of the MLX thread. Public coroutines may be awaited from the event loop; they
+    never block it. `close()` blocks until the thread has released every model."""
+
+    def __init__(
+        self,
+        *,
+        name: str = "mlx-engine",
+        prompt_cache_bytes: int = 256 * 2**20,
+        load_slice_bytes: int = LOAD_SLICE_BYTES,
+    ) -> None:
+        #: KV caches kept per loaded entry for prefix reuse; 0 turns reuse off
+        self.prompt_cache_bytes = prompt_cache_bytes
+        #: weight bytes evaluated per engine step while a model loads
+        self.load_slice_bytes = load_slice_bytes
+        self._commands: queue.SimpleQueue[Command | None] = queue.SimpleQueue()
+        self._models: dict[str, _LoadedModel] = {}
+        self._loads = PendingLoads(wake=self._wake, name=name)
+        self._outbox = Outbox()
+        self._stop = False
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    # ---- event-loop side -------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        return self._thread.is_alive() and self._failure is None
+
+    async def call(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the engine thread and await its result (exceptions propagate)."""
+        if not self.healthy:
+            raise EngineError("The generation engine has stopped")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._commands.put(Command(fn, future))
+        return await future
+
+    async def load(self, spec: LoadSpec) -> ModelInfo:
+        """Load a model (and adapter) on the engine thread. Slow: seconds to minutes, during
+        which the models already loaded keep generating."""
+        loaded: asyncio.Future[ModelInfo] = asyncio.get_running_loop().create_future()
+        await self.call(lambda: self._start_load(spec, loaded))
+        return await loaded
+
+    async def unload(self, key: str) -> None:
+        """Drop a model; its in-flight requests end with an error. Memory is returned."""
+        await self.call(lambda: self._unload(key))
+
+    async def generate(self, key: str, request: GenerationRequest) -> GenerationStream:
+        """Queue a request on a loaded model and return its channel once the prompt is
+        accepted (so prompt errors surface before any response is sent)."""
+        loop = asyncio.get_running_loop()
+        stream = GenerationStream(loop, self._wake, self._outbox)
+        await self.call(lambda: self._submit(key, request, stream))
+        return stream
+
+    async def set_prompt_cache_bytes(self, nbytes: int) -> None:
+        """Resize every loaded model's prompt cache (a live config edit); caches over the new
+        size drop their least recently used entries now, on the engine thread."""
+
+        def resize() -> None:
+            self.prompt_cache_bytes = nbytes
+            for loaded in self._models.values():
+                loaded.prompt_cache.max_bytes = nbytes
+                loaded.prompt_cache.trim_to(n_bytes=nbytes)
+
+        await self.call(resize)
+
+    def active_memory(self) -> int:
+        return int(mx.get_active_memory())
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._stop = True
+        self._commands.put(None)
+        self._thread.join(timeout)
+        self._loads.shutdown()
+
+    def _wake(self) -> None:
+        # An empty command makes an idle thread look at its sequences again.
+        self._commands.put(None)
+
+    # ---- engine thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        # Streams are per thread: make this thread's default stream the one MLX work runs on.
+        self._stream = mx.default_stream(mx.default_device())
+        try:
+            while not self._stop:
+                busy = any(m.sequences for m in self._models.values()) or self._loads.reading
+                self._drain_commands(block=not busy)
+                self._outbox.flush()  # Started events and errors of the commands just run
+                self._step_all()
+                self._advance_loads()
+                self._outbox.flush()  # this turn's tokens, one wake-up per event loop
+        except BaseException as exc:  # the thread must report why it died, then stop
+            log.exception("engine thread failed")
+            self._failure = exc
+            for loaded in self._models.values():
+                for seq in loaded.sequences.values():
+                    seq.stream.emit(EngineError("The generation engine failed"))
+        finally:
+            self._outbox.flush()
+            self._loads.fail_all(EngineError("The generation engine stopped"))
+            self._models.clear()
+            free_memory()
+
+    def _step_all(self) -> None:
+        # A method of its own so no loop variable keeps an unloaded model alive.
+        for loaded in list(self._models.values()):
+            if loaded.sequences:
+                self._step_safely(loaded)
+
+    def _drain_commands(self, *, block: bool) -> None:
+        """Run the queued commands. `block` (the engine is idle): wait for the first, then
+        linger for a burst of others (see _BURST_WINDOW_S)."""
+        try:
+            command = (
+                self._commands.get(timeout=_IDLE_POLL_S) if block else self._commands.get_nowait()
+            )
+        except queue.Empty:
+            return
+        deadline = time.monotonic() + _BURST_CAP_S
+        while True:
+            if command is not None:
+                self._execute(command)
+            wait = min(_BURST_WINDOW_S, deadline - time.monotonic()) if block else 0.0
+            try:
+                command = (
+                    self._commands.get(timeout=wait) if wait > 0 else self._commands.get_nowait()
+                )
+            except queue.Empty:
+                return
+
+    @staticmethod
+    def _execute(command: Command) -> None:
+        try:
+            result = command.run()
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            reject(command.future, exc)
+        else:
+            resolve(command.future, result)
+
+    def _start_load(self, spec: LoadSpec, loaded: asyncio.Future[ModelInfo]) -> None:
+        """Start loading `spec`; `loaded` resolves once it is registered. A model already
+        loaded or loading is shared, an adapter on a loaded base loads at once, anything else
+        is read a slice per engine step (`_advance_loads`)."""
+        if spec.key in self._models:
+            resolve(loaded, self._models[spec.key].info)
+            return
+        if self._loads.join(spec, loaded):
+            return
+        base = self._models.get(spec.base_key) if spec.base_key else None
+        if spec.adapter_path is not None and base is not None:
+            # Shares the base's arrays: only the small adapter is read, at once.
+            started = time.perf_counter()
+            model, nbytes = adapter_on_base(
+                spec, spec.adapter_path, base_path=base.spec.model_path, base_model=base.model
+            )
+            resolve(loaded, self._register(spec, model, base.tokenizer, nbytes, started))
+            return
+        self._loads.start(spec, loaded)
+
+    def _advance_loads(self) -> None:
+        """Read one slice of weights, then register every load that is complete."""
+        for pending, tokenizer in self._loads.advance(self.load_slice_bytes):
+            info = self._register(
+                pending.spec, pending.model, tokenizer, pending.nbytes, pending.started
+            )
+            for future in pending.waiters:
+                resolve(future, info)
+
+    def _register(
+        self, spec: LoadSpec, model: Any, tokenizer: Any, nbytes: int, started: float
+    ) -> ModelInfo:
+        config = getattr(model, "args", None)
+        info = ModelInfo(
+            nbytes=nbytes,
+            context_length=context_length(config),
+            vocab_size=int(getattr(config, "vocab_size", 0) or len(tokenizer.vocab)),
+            has_chat_template=bool(tokenizer.has_chat_template),
+            load_seconds=time.perf_counter() - started,
+        )
+        self._models[spec.key] = _LoadedModel(
+            spec, model, tokenizer, info, LRUPromptCache(max_bytes=self.prompt_cache_bytes)
+        )
+        return info
+
+    def _unload(self, key: str) -> None:
+        self._loads.abandon(key, ModelLoadError(f"The model `{key}` was unloaded"))
+        loaded = self._models.pop(key, None)
+        if loaded is None:
+            return
+        for seq in loaded.sequences.values():
+            seq.stream.emit(EngineError(f"The model `{key}` was unloaded"))
+        if loaded.batch is not None:
+            loaded.batch.close()
+        del loaded
+        # Drop the last references, then hand the buffers back to the OS.
+        free_memory()
+
+    def _submit(self, key: str, request: GenerationRequest, stream: GenerationStream) -> None:
+        loaded = self._models.get(key)
+        if loaded is None:
+            raise EngineError(f"The model `{key}` is not loaded")
+        tokenizer = loaded.tokenizer
+        prompt = encode_prompt(tokenizer, request)
+        max_tokens = token_budget(request, len(prompt), loaded.info.context_length)
+        check_token_ids(request, loaded.info.vocab_size)
+        sampler = sampler_for(request.sampling)
+        processors = logits_processors(
+            request,
+            tokenizer,
+            prompt_tokens=len(prompt),
+            vocab_size=loaded.info.vocab_size,
+            grammar_tokenizer=loaded.grammar_tokenizer,
+        )
+        if loaded.batch is None:
+            loaded.batch = BatchGenerator(loaded.model, stream=self._stream)
+        cache, rest = self._cached_prefix(loaded, prompt)
+        cached = len(prompt) - len(rest)
+        (uid,) = loaded.batch.insert(
+            [rest],
+            max_tokens=[max_tokens],
+            caches=[cache] if cache is not None else None,
+            all_tokens=[prompt[:cached]],
+            samplers=[sampler],
+            logits_processors=[processors],
+            stop_sequences=[make_stop_sequences(tokenizer, list(request.stop))],
+        )
+        output = SequenceOutput(tokenizer, request, prompt_tokens=len(prompt), cached_tokens=cached)
+        loaded.sequences[uid] = _Sequence(stream, output)
+        stream.emit(Started(prompt_tokens=len(prompt)))
+
+    def _cached_prefix(self, loaded: _LoadedModel, prompt: list[int]) -> tuple[Any, list[int]]:
+        """The KV cache of the longest earlier sequence sharing a prefix with `prompt` (a
+        copy), and the prompt tokens still to process; at least one is always left to run."""
+        if self.prompt_cache_bytes <= 0:
+            return None, prompt
+        cache, rest = loaded.prompt_cache.fetch_nearest_cache(loaded.spec.key, prompt)
+        if cache is not None and not rest:
+            if not can_trim_prompt_cache(cache):
+                return None, prompt
+            trim_prompt_cache(cache, 1)  # the last token must run to give the next logits
+            rest = prompt[-1:]
+        return cache, list(rest)
+
+    def _step_safely(self, loaded: _LoadedModel) -> None:
+        """A failure while decoding fails that model's requests, not the thread."""
+        try:
+            self._step(loaded)
+        except Exception:
+            log.exception("decoding on %s failed; its requests end with an error", loaded.spec.key)
+            for seq in loaded.sequences.values():
+                seq.stream.emit(EngineError("Generation failed on this model"))
+            loaded.sequences.clear()
+            loaded.batch = None
+
+    def _step(self, loaded: _LoadedModel) -> None:
+        """One decode step for every sequence of one model."""
+        cancelled = [uid for uid, seq in loaded.sequences.items() if seq.stream.cancelled]
+        if cancelled:
+            loaded.batch.remove(cancelled)
+            for uid in cancelled:
+                del loaded.sequences[uid]
+            if not loaded.sequences:
+                return
+        _, responses = loaded.batch.next()
+        finished: list[int] = []
+        for response in responses:
+            seq = loaded.sequences.get(response.uid)
+            if seq is None:
+                continue
+            if self._deliver(loaded, seq, response):
+                finished.append(response.uid)
+        for uid in finished:
+            loaded.sequences.pop(uid, None)
+        if finished:
+            # The batch drops sequences it finished itself; a stop string ends one early, and
+            # its KV cache is kept as a finished one's is (mlx_lm keeps cache and tokens in step).
+            keep = self.prompt_cache_bytes > 0
+            for cache, tokens in loaded.batch.remove(finished, return_prompt_caches=keep).values():
+                loaded.prompt_cache.insert_cache(loaded.spec.key, list(tokens), cache)
+
+    def _deliver(self, loaded: _LoadedModel, seq: _Sequence, response: Any) -> bool:
+        """Emit what one token makes of the answer (see `SequenceOutput`). True when the
+        sequence ended."""
+        events = seq.output.feed(int(response.token), response.finish_reason, response.logprobs)
+        for event in events:
+            seq.stream.emit(event)
+        if not seq.output.finished:
+            return False
+        if (
+            response.finish_reason is not None
+            and response.prompt_cache is not None
+            and self.prompt_cache_bytes > 0
+        ):
+            # Keep the finished sequence's KV cache: a follow-up turn starts from it.
+            loaded.prompt_cache.insert_cache(
+                loaded.spec.key, list(response.all_tokens), response.prompt_cache
+            )
+        return True

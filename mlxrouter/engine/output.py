@@ -1,0 +1,166 @@
+"""One sequence's answer as the client sees it: generated tokens in, `Chunk`s and a final
+`Finished` out.
+
+`SequenceOutput` owns everything between a sampled token and an event: the streaming
+detokenizer, stop strings found in the text (not only on token boundaries), and the states
+of the text, matched on decoded text by mlx_lm's `TextStateMachine`: "normal" text is
+content, "tool" text is a tool call's body, parsed when the call ends, and reaching None
+means a stop string ended the answer. A new kind of segment (say, reasoning between
+`<think>` markers) is one more state here.
+
+Engine thread only (the detokenizer and the logprobs are the engine's), but it keeps no MLX
+state of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+from mlx_lm.generate import TextStateMachine
+
+from .sampling import token_logprob
+from .types import Chunk, Finished, GenerationRequest, TokenLogprob, ToolCall
+
+log = logging.getLogger(__name__)
+
+
+class SequenceOutput:
+    """Turns one sequence's tokens into the events to emit; see `feed`."""
+
+    def __init__(
+        self, tokenizer: Any, request: GenerationRequest, *, prompt_tokens: int, cached_tokens: int
+    ) -> None:
+        self._tokenizer = tokenizer
+        self._detokenizer = tokenizer.detokenizer  # a fresh streaming detokenizer
+        machine = _text_machine(tokenizer, request)
+        # TextStateMachine state, or None with no stop strings and no tools
+        self._text_state: Any = machine.make_state("normal") if machine else None
+        self._tools = request.tools
+        self._top_logprobs = request.logprobs
+        self.prompt_tokens = prompt_tokens
+        self.cached_tokens = cached_tokens
+        self.completion_tokens = 0
+        self._tool_text = ""  # the body of the tool call being generated
+        self._tool_calls = 0
+        #: the answer has ended: its `Finished` was returned
+        self.finished = False
+
+    def feed(self, token: int, finish_reason: str | None, logprobs: Any) -> list[Chunk | Finished]:
+        """One generated token (with the batch's finish reason for it, and the step's logprobs)
+        in; the events it makes out: a `Chunk` when it adds text, logprobs or tool calls, then
+        `Finished` when the answer ended, by the batch's reason or by a stop string in text."""
+        tokenizer = self._tokenizer
+        reason = finish_reason
+        is_eos = reason == "stop" and token in tokenizer.eos_token_ids
+        if reason != "stop":
+            self._detokenizer.add_token(token)
+            self.completion_tokens += 1
+        if reason is not None:
+            self._detokenizer.finalize()
+        text = self._detokenizer.last_segment
+
+        stopped_by_text = False
+        calls: list[ToolCall] = []
+        if self._text_state is not None:
+            self._text_state, segments = TextStateMachine.split(self._text_state, text)
+            if reason is not None and self._text_state[0] is not None:
+                if is_eos or reason == "length":
+                    self._text_state, rest, state = TextStateMachine.flush(self._text_state)
+                    segments.append((state, rest))
+                else:  # a stop string matched on tokens: drop the held-back part of it
+                    self._text_state, _ = TextStateMachine.discard(self._text_state)
+            text, calls, stopped_by_text = self._route_segments(segments)
+            if reason is not None and self._tool_text.strip():
+                body = self._tool_text  # the answer ended inside a call (no end marker)
+                parsed = self._parse_tool_calls(body)
+                if parsed is None:
+                    text += tokenizer.tool_call_start + body
+                else:
+                    calls += parsed
+
+        events: list[Chunk | Finished] = []
+        chosen: tuple[TokenLogprob, ...] = ()
+        if self._top_logprobs is not None and reason != "stop":
+            chosen = (token_logprob(tokenizer, logprobs, token, self._top_logprobs),)
+        if text or chosen or calls:
+            events.append(Chunk(text, chosen, tuple(calls)))
+        if reason is None and not stopped_by_text:
+            return events
+        finish = "stop" if stopped_by_text or reason is None else reason
+        events.append(
+            Finished(
+                finish_reason="tool_calls" if self._tool_calls and finish == "stop" else finish,
+                prompt_tokens=self.prompt_tokens,
+                completion_tokens=self.completion_tokens,
+                cached_tokens=self.cached_tokens,
+            )
+        )
+        self.finished = True
+        return events
+
+    def _route_segments(
+        self, segments: list[tuple[str | None, str]]
+    ) -> tuple[str, list[ToolCall], bool]:
+        """Text of the "normal" state is content; text of the "tool" state is a call's body,
+        parsed when the state is left; reaching None means a stop string ended the answer."""
+        content: list[str] = []
+        calls: list[ToolCall] = []
+        for index, (state, piece) in enumerate(segments):
+            last = index == len(segments) - 1
+            if state == "tool":
+                self._tool_text += piece
+                if not last:  # the end marker closed this call
+                    body = self._tool_text
+                    parsed = self._parse_tool_calls(body)
+                    if parsed is None:  # not a call after all: keep the text
+                        content.append(
+                            self._tokenizer.tool_call_start + body + self._tokenizer.tool_call_end
+                        )
+                    else:
+                        calls += parsed
+            elif state is None:
+                return "".join(content), calls, True
+            else:
+                content.append(piece)
+        return "".join(content), calls, False
+
+    def _parse_tool_calls(self, body: str) -> list[ToolCall] | None:
+        """mlx_lm's parser for this model family; None when it cannot parse the body (the
+        caller keeps it as content)."""
+        self._tool_text = ""
+        try:
+            parsed = self._tokenizer.tool_parser(body, self._tools)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.warning("could not parse a tool call; returning it as text")
+            return None
+        calls = []
+        for call in parsed if isinstance(parsed, list) else [parsed]:
+            arguments = call.get("arguments", {})
+            self._tool_calls += 1
+            calls.append(
+                ToolCall(
+                    id=f"call_{uuid.uuid4().hex[:24]}",
+                    name=str(call.get("name", "")),
+                    arguments=arguments if isinstance(arguments, str) else json.dumps(arguments),
+                )
+            )
+        return calls
+
+
+def _text_machine(tokenizer: Any, request: GenerationRequest) -> TextStateMachine | None:
+    """Text-level states of an answer: a stop string ends it (transition to None, the string
+    cut and partial matches held back); with tools, the model's tool-call markers switch to
+    the "tool" state, whose text is parsed by mlx_lm's tool parser for the model family."""
+    transitions: dict[str, list[tuple[str, str | None]]] = {"normal": []}
+    if request.tools and tokenizer.has_tool_calling:
+        transitions["normal"].append((tokenizer.tool_call_start, "tool"))
+        end = tokenizer.tool_call_end
+        transitions["tool"] = [(end, "normal")] if end else []
+    for stop in request.stop:
+        transitions["normal"].append((stop, None))
+    if not any(transitions.values()):
+        return None
+    return TextStateMachine(transitions)

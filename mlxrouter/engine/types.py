@@ -1,0 +1,112 @@
+"""The engine's vocabulary, shared with the pool, the daemon and the API: what to load, what a
+loaded model is, what a request asks for and the events its answer streams back.
+
+Plain frozen dataclasses, safe on any thread; this module imports no MLX.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSpec:
+    """What to load: a model folder, optionally with a LoRA adapter folder applied."""
+
+    key: str
+    model_path: Path
+    adapter_path: Path | None = None
+    trust_remote_code: bool = False
+    #: adapters: the pool key of the loaded base whose arrays the adapter shares
+    base_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """Plain facts about a loaded model, safe to read on any thread."""
+
+    nbytes: int
+    context_length: int | None
+    vocab_size: int
+    has_chat_template: bool
+    load_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    #: None: the request named none (the daemon fills in the entry's default before generating)
+    temperature: float | None = None
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float | None = None
+    repetition_context_size: int = 20
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[int, float] | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """A request in engine terms. Exactly one of `messages` (chat) or `prompt` (text) is set."""
+
+    messages: list[dict[str, Any]] | None = None
+    prompt: str | list[int] | None = None
+    role_mapping: dict[str, str] | None = None
+    tools: list[dict[str, Any]] | None = None
+    max_tokens: int | None = None
+    default_max_tokens: int = 2048
+    stop: tuple[str, ...] = ()
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    #: None: no logprobs; N >= 0: the chosen token's logprob plus the N most likely
+    logprobs: int | None = None
+    #: a JSON schema the answer must satisfy (response_format json_object / json_schema)
+    json_schema: dict[str, Any] | None = None
+    #: the answer must be a call to one of `tools` (tool_choice `required` or a named function);
+    #: forced by constrained decoding for models whose tool calls are `<tool_call>` JSON
+    tool_call_required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """First event of every stream: the prompt was accepted and is being processed."""
+
+    prompt_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One parsed tool call; `arguments` is a JSON object encoded as a string, as in OpenAI."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    finish_reason: str  # "stop", "length" or "tool_calls"
+    prompt_tokens: int
+    completion_tokens: int
+    #: prompt tokens whose KV cache came from an earlier request (prefix reuse)
+    cached_tokens: int = 0
+
+
+Event = Started | Chunk | Finished

@@ -1,0 +1,148 @@
+"""What the daemon says about itself, as typed values: model cards, pool status, health.
+
+One definition per shape: the daemon builds these, the API returns them as they are (OpenAPI
+shows the same Structs), and the CLI decodes `/admin/pool` into them with msgspec. The
+builders are pure functions over a registry snapshot and the pool's entries. No HTTP here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Iterable
+from typing import Literal
+
+import msgspec
+
+from .registry import Registry, RegistryEntry
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(msgspec.Struct, kw_only=True):
+    """The error envelope of every answer that fails (OpenAI's shape)."""
+
+    error: ErrorBody
+
+
+class ModelCard(msgspec.Struct, kw_only=True):
+    """One `/v1/models` entry: OpenAI's fields, then mlxrouter's."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    # --- mlxrouter extensions ---
+    kind: Literal["model", "adapter"]
+    base: str | None
+    loaded: bool
+    context_length: int | None
+    #: the same number under the name vLLM-aware pickers read
+    max_model_len: int | None
+    capabilities: list[str]
+    quantization_bits: int | None
+    size_bytes: int
+
+
+class PoolEntryStatus(msgspec.Struct, kw_only=True):
+    id: str
+    kind: Literal["model", "adapter"]
+    base: str | None
+    state: Literal["loading", "loaded"]
+    bytes: int
+    in_flight: int
+    #: Unix time of the last lease's end (or the load)
+    last_used: float
+    pinned: bool
+    #: Unix time an idle entry's ttl unloads it; null: never (or busy)
+    expires_at: float | None
+    load_seconds: float | None
+
+
+class PoolStatus(msgspec.Struct, kw_only=True):
+    """`GET /admin/pool` and `mlxrouter ps`."""
+
+    entries: list[PoolEntryStatus]
+    used_bytes: int
+    max_models: int
+    max_bytes: int | None
+    #: seconds; null: idle entries stay until evicted
+    idle_ttl: float | None
+    queue_depth: int
+    loads: int
+    evictions: int
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: Literal["ok", "degraded"]
+    reasons: list[str]
+    models: int
+    loaded: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def model_card(
+    registry: Registry, model_id: str, entry: RegistryEntry, loaded: Collection[str]
+) -> ModelCard:
+    """`model_id` may be an alias of `entry`. An adapter answers like its base: its context,
+    capabilities and quantisation are the base's."""
+    found = entry.found
+    model = (
+        registry.entries.get(entry.base or "", entry).found if entry.kind == "adapter" else found
+    )
+    return ModelCard(
+        id=model_id,
+        created=found.created,
+        owned_by=found.owned_by,
+        kind="adapter" if entry.kind == "adapter" else "model",
+        base=entry.base,
+        loaded=entry.id in loaded,
+        context_length=model.context_length,
+        max_model_len=model.context_length,
+        capabilities=list(model.capabilities),
+        quantization_bits=model.quantization_bits,
+        size_bytes=found.size_bytes,
+    )
+
+
+def model_cards(registry: Registry, loaded: Collection[str]) -> list[ModelCard]:
+    """Every id and alias of one snapshot, sorted by id."""
+    cards = [model_card(registry, e.id, e, loaded) for e in registry]
+    cards += [model_card(registry, a, registry.resolve(a), loaded) for a in registry.aliases]
+    return sorted(cards, key=lambda card: card.id)
+
+
+def seconds_or_none(seconds: float) -> float | None:
+    """JSON has no infinity: "forever" is written as null."""
+    return None if math.isinf(seconds) else seconds
+
+
+def health(reasons: Iterable[str], models: int, loaded: Iterable[str]) -> Health:
+    reasons = list(reasons)
+    return Health(
+        status="degraded" if reasons else "ok",
+        reasons=reasons,
+        models=models,
+        loaded=list(loaded),
+    )
+
+
+class LoadAnswer(msgspec.Struct, kw_only=True):
+    """`POST /admin/load`: the pool key now loaded, and the pool after it."""
+
+    loaded: str
+    pool: PoolStatus
+
+
+class UnloadAnswer(msgspec.Struct, kw_only=True):
+    """`POST /admin/unload`: whether it was loaded, and the pool after it."""
+
+    unloaded: bool
+    pool: PoolStatus

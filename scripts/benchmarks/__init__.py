@@ -1,0 +1,29 @@
+"""mlxrouter benchmarks, side by side with mlx_lm.server and in-process mlx_lm.
+
+    scripts/bench [--quick | --full] [--only a,b,...] [--no-write] [--doc PATH]
+
+The default run takes about 6-7 minutes on 2 CPU cores, --quick about 2-3, --full about 20.
+
+One invocation starts `python -m mlx_lm.server` and `python -m mlxrouter serve` (a temporary
+config, data, log and HF cache folder each) on loopback, drives both with the same requests
+and prints every figure with its ratio and target; the default and --full modes also write
+docs/BENCHMARKS.md. Timings are reported, never asserted.
+
+  a  steady single-model tokens/s: mlxrouter vs in-process mlx_lm.stream_generate
+  b  requests alternating between two models: mlxrouter vs mlx_lm.server
+  c  requests alternating base <-> LoRA adapter: mlxrouter vs mlx_lm.server
+  d  GET /v1/models p50 with 10, 100, 1000 repos in the HF cache
+  e  cold load (POST /admin/load) vs a raw read of the same files
+  f  8 concurrent clients on one model, aggregate tokens/s
+  g  idle RSS, and peak RSS against pool.max_memory under a switching workload
+  +  "where one request's time goes": a profile of the daemon's request path outside MLX
+
+Models: the real SmolLM2-135M-Instruct (a, f, profile) and random-weight llama models of about
+1B parameters, 4-bit (b, c, e, g: load cost matters there, as it does for 4-8B models), built
+once into .cache/bench/.
+"""
+
+# Layout: __main__ (flags, run, print, write), suite (the Bench run: servers, figures in order),
+# harness (server processes), models (building and caching the models), measure (timed
+# requests), machine (CPU, memory, page cache, RSS), common (modes, figures, formatting),
+# report (docs/BENCHMARKS.md), and one module per figure: fig_a ... fig_g, fig_profile.

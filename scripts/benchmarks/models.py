@@ -1,0 +1,199 @@
+"""The models the suite runs: SmolLM2 (the demo model), random-weight ~1B llama models and a
+LoRA adapter built once into .cache/bench/, and synthetic HF cache repos (figure d)."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .common import BENCH_CACHE, REPO
+
+# The ~1B model: llama layout of a 1B-class model, 4-bit weights. Scales and biases are float32:
+# MLX's CPU kernels run quantized matmuls with float16 scales ~40x (bfloat16 ~8x) slower than
+# with float32 ones (emulated half precision; measured on the 2-core dev machine), which would
+# make a 1B model unusable on a CPU; on Apple silicon they would be float16/bfloat16. The spec
+# and BIG_VERSION are part of the cache stamp: change either to rebuild.
+BIG_SPEC: dict[str, Any] = {
+    "model_type": "llama",
+    "hidden_size": 2048,
+    "num_hidden_layers": 16,
+    "intermediate_size": 8192,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "rms_norm_eps": 1e-5,
+    "vocab_size": 49152,  # SmolLM2's tokenizer, copied in
+    "max_position_embeddings": 8192,
+    "tie_word_embeddings": True,
+    "rope_theta": 100000.0,
+    "quantization": {"group_size": 64, "bits": 4},
+}
+BIG_VERSION = 1
+LORA = {"rank": 8, "scale": 20.0, "dropout": 0.0}
+
+
+def entry_overhead() -> int:
+    """The bytes the pool counts per entry beyond its weights (`pool.prompt_cache_bytes`
+    at its default), or 0 for a version without it."""
+    from mlxrouter import config
+
+    default = getattr(config.PoolConfig(), "prompt_cache_bytes", None)
+    return config.parse_bytes(default) if default is not None else 0
+
+
+def smollm() -> Path:
+    from mlxrouter.demo import ensure_demo_model
+
+    return ensure_demo_model(REPO / ".cache" / "models")
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+
+
+def _stamp_ok(folder: Path, stamp: dict[str, Any]) -> bool:
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads((folder / ".bench-stamp.json").read_text()) == stamp
+    return False
+
+
+def _publish(scratch: Path, folder: Path, stamp: dict[str, Any]) -> None:
+    (scratch / ".bench-stamp.json").write_text(json.dumps(stamp))
+    if folder.exists():
+        shutil.rmtree(folder)
+    scratch.rename(folder)
+
+
+def big_model(name: str, seed: int, tokenizer_from: Path) -> Path:
+    """A random-weight ~1B llama, 4-bit, that mlx_lm.load opens; built once, then reused.
+
+    Only the shapes of mlx_lm's own module tree are used (its random initialisation is never
+    evaluated): packed 4-bit weights are random bits, scales and biases give weights uniform
+    in about [-0.02, 0.02], norms are ones. Seconds, not minutes."""
+    folder = BENCH_CACHE / name
+    stamp = {"version": BIG_VERSION, "seed": seed, "spec": BIG_SPEC}
+    if _stamp_ok(folder, stamp):
+        return folder
+    import mlx.core as mx
+    from mlx import nn
+    from mlx.utils import tree_flatten
+    from mlx_lm.models import llama
+
+    print(f"  building {name} (~1B parameters, 4-bit) into {folder}", file=sys.stderr)
+    BENCH_CACHE.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=BENCH_CACHE))
+    config = {k: v for k, v in BIG_SPEC.items() if k != "quantization"}
+    quant = BIG_SPEC["quantization"]
+    model = llama.Model(llama.ModelArgs.from_dict(config))
+    nn.quantize(model, group_size=quant["group_size"], bits=quant["bits"])
+    mx.random.seed(seed)
+    weights: dict[str, Any] = {}
+    step = 0.04 / (2 ** quant["bits"] - 1)
+    for key, value in tree_flatten(model.parameters()):
+        if value.dtype == mx.uint32:
+            bits = mx.random.randint(0, 2**31, value.shape, dtype=mx.int32)
+            array = bits.view(mx.uint32) * 2 + (bits & 1).view(mx.uint32)
+        elif key.endswith(".scales"):
+            array = mx.random.uniform(0.5, 1.5, value.shape) * step
+        elif key.endswith(".biases"):
+            array = mx.full(value.shape, -0.02)
+        else:
+            array = mx.ones(value.shape)
+        mx.eval(array)
+        weights[key] = array
+    del model
+    mx.save_safetensors(str(scratch / "model.safetensors"), weights, metadata={"format": "mlx"})
+    del weights
+    (scratch / "config.json").write_text(json.dumps(BIG_SPEC, indent=2))
+    for file in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tokenizer_from / file).is_file():
+            shutil.copy(tokenizer_from / file, scratch / file)
+    _publish(scratch, folder, stamp)
+    gc.collect()
+    mx.clear_cache()
+    return folder
+
+
+def big_adapter(name: str, base: Path, seed: int) -> Path:
+    """A LoRA adapter for `base` in mlx_lm.lora's format (rank 8 on every linear of all 16
+    layers), with small random `lora_b` so it really changes the answers."""
+    folder = BENCH_CACHE / name
+    stamp = {"version": BIG_VERSION, "seed": seed, "base": base.name, "lora": LORA}
+    if _stamp_ok(folder, stamp):
+        return folder
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+    from mlx_lm.utils import load_model
+
+    print(f"  building LoRA adapter {name} into {folder}", file=sys.stderr)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=BENCH_CACHE))
+    layers = int(BIG_SPEC["num_hidden_layers"])
+    mx.random.seed(seed)
+    model, _ = load_model(base, lazy=True)
+    model.freeze()
+    linear_to_lora_layers(model, layers, LORA)
+    adapters = {}
+    for key, value in tree_flatten(model.trainable_parameters()):
+        adapters[key] = mx.random.normal(value.shape) * 0.01 if key.endswith("lora_b") else value
+    mx.eval(adapters)
+    mx.save_safetensors(str(scratch / "adapters.safetensors"), adapters)
+    config = {
+        "model": str(base),
+        "fine_tune_type": "lora",
+        "num_layers": layers,
+        "lora_parameters": LORA,
+    }
+    (scratch / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    del model, adapters
+    _publish(scratch, folder, stamp)
+    gc.collect()
+    mx.clear_cache()
+    return folder
+
+
+def tiny_blob_set(folder: Path) -> dict[str, Path]:
+    """One tiny servable model (config, sharded safetensors index, weights, tokenizer) whose
+    files every synthetic HF cache repo links to."""
+    sys.path.insert(0, str(REPO / "tests"))
+    try:
+        from tinymodel import make_tiny_model
+    finally:
+        sys.path.remove(str(REPO / "tests"))
+    make_tiny_model(folder, seed=7)
+    raw = (folder / "model.safetensors").read_bytes()
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+    names = [name for name in header if name != "__metadata__"]
+    index = {"metadata": {}, "weight_map": dict.fromkeys(names, "model.safetensors")}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    return {p.name: p for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def add_hf_repos(cache: Path, blobs: dict[str, Path], start: int, stop: int) -> None:
+    """Repos `models--bench--model-NNNN` in the hub layout: blobs/<sha256> (hard links to one
+    shared set of files), snapshots/<40 hex>/<name> -> ../../blobs/<sha256>, refs/main."""
+    digests = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in blobs.items()}
+    for i in range(start, stop):
+        repo = cache / f"models--bench--model-{i:04d}"
+        commit = hashlib.sha1(f"bench-{i}".encode(), usedforsecurity=False).hexdigest()
+        (repo / "blobs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs").mkdir(exist_ok=True)
+        snapshot = repo / "snapshots" / commit
+        snapshot.mkdir(parents=True, exist_ok=True)
+        for name, path in blobs.items():
+            blob = repo / "blobs" / digests[name]
+            if not blob.exists():
+                try:
+                    blob.hardlink_to(path)
+                except OSError:
+                    shutil.copy(path, blob)
+            link = snapshot / name
+            if not link.is_symlink():
+                link.symlink_to(Path("..") / ".." / "blobs" / digests[name])
+        (repo / "refs" / "main").write_text(commit)
