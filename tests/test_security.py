@@ -192,6 +192,28 @@ def test_slow_reader_is_cut_off_and_its_lease_freed(tmp_path: Path) -> None:
         assert 'mlxrouter_requests_total{model="long",status="499"} 1.0' in metrics
 
 
+async def test_accepted_connections_have_nagle_off() -> None:
+    """A small answer must not wait for the client's delayed ACK (about 40 ms a request)."""
+    import asyncio
+
+    from mlxrouter.listener import bind_socket
+
+    accepted: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def connected(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        accepted.set_result(bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)))
+        writer.close()
+
+    with bind_socket("127.0.0.1", 0) as listener:
+        server = await asyncio.start_server(connected, sock=listener)
+        async with server:
+            _, writer = await asyncio.open_connection(*listener.getsockname())
+            assert await asyncio.wait_for(accepted, 30)
+            writer.close()
+            await writer.wait_closed()
+
+
 def test_accepted_connections_get_the_bounded_send_buffer() -> None:
     from mlxrouter.listener import SEND_BUFFER_BYTES, bind_socket
 
