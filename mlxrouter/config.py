@@ -39,9 +39,49 @@ class PoolConfig(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True)
     #: KV caches kept per loaded entry so follow-up turns reuse their prefix; counted in
     #: max_memory for every entry; 0 turns prefix reuse off
     prompt_cache_bytes: ByteSize = ByteSize.parse("256MiB")
+    #: MLX's buffer cache: freed buffers kept for reuse rather than returned to the system, on
+    #: top of the entries' memory (not counted in max_memory); null = MLX's own default (on
+    #: Metal, up to MLX's memory limit: most of the GPU's working set)
+    mlx_cache_bytes: ByteSize | None = ByteSize.parse("256MiB")
 
 
-class ModelEntryConfig(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
+class ResponsesConfig(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """`/v1/responses`: the in-memory store behind `previous_response_id` and
+    `GET`/`DELETE /v1/responses/{id}` (least recently used responses go first)."""
+
+    #: most responses kept; 0 keeps none
+    store_max_count: Annotated[int, msgspec.Meta(ge=0)] = 1000
+    #: most bytes kept (the responses' JSON, their input included)
+    store_max_bytes: ByteSize = ByteSize.parse("64MiB")
+
+
+class ModelSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Per-model request defaults: under a `models:` entry, or in `defaults:` for every model.
+    A request's own field wins over the entry's, which wins over `defaults:`. Unset (null)
+    means "not set here"."""
+
+    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    top_k: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    min_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    #: completion length when a request names none (never beyond the model's context)
+    max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    #: a system message prepended when a chat request has no system (or developer) message
+    system_prompt: str | None = None
+    #: chat-template variables, e.g. {enable_thinking: false}; a request's own keys win
+    chat_template_kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    def over(self, lower: ModelSettings) -> ModelSettings:
+        """These settings, with `lower`'s filling whatever is unset here."""
+        fields = {
+            name: getattr(lower, name) if getattr(self, name) is None else getattr(self, name)
+            for name in ModelSettings.__struct_fields__
+        }
+        fields["chat_template_kwargs"] = {**lower.chat_template_kwargs, **self.chat_template_kwargs}
+        return ModelSettings(**fields)
+
+
+class ModelEntryConfig(ModelSettings, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: a model or adapter folder served under this entry's id
     path: str | None = None
     #: alias: another registry id served under this entry's id
@@ -53,8 +93,6 @@ class ModelEntryConfig(_Strict, frozen=True, forbid_unknown_fields=True, kw_only
     #: unload after this long idle; null: the pool's `idle_ttl`
     ttl: Duration | None = None
     trust_remote_code: bool = False
-    #: sampling temperature for requests to this id that name none (else `default_temperature`)
-    temperature: Annotated[float, msgspec.Meta(ge=0, le=2)] | None = None
 
 
 class Config(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -64,8 +102,11 @@ class Config(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     hf_cache: bool | str = True
     model_dirs: list[str] = msgspec.field(default_factory=list)
     models: dict[str, ModelEntryConfig] = msgspec.field(default_factory=dict)
+    #: request defaults for every model (a `models:` entry's own settings win)
+    defaults: ModelSettings = msgspec.field(default_factory=ModelSettings)
     default_model: str | None = None
     pool: PoolConfig = msgspec.field(default_factory=PoolConfig)
+    responses: ResponsesConfig = msgspec.field(default_factory=ResponsesConfig)
     api_key: str | None = None
     log_level: str = "info"
     #: the largest completion a request gets when it names no max_tokens
@@ -104,8 +145,8 @@ class Config(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
 def _check_values(config: Config) -> None:
     """Checks msgspec's types cannot express; messages name the key."""
     for model_id, entry in config.models.items():
-        if (entry.path is None) == (entry.model is None):
-            raise ValueError(f"`models.{model_id}` needs exactly one of `path` or `model`")
+        if entry.path is not None and entry.model is not None:
+            raise ValueError(f"`models.{model_id}` takes `path` or `model`, not both")
     if config.log_level.lower() not in {"debug", "info", "warning", "error", "critical"}:
         raise ValueError("`log_level` must be one of debug, info, warning, error, critical")
 

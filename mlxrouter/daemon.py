@@ -17,7 +17,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import Config
+import msgspec
+
+from .config import Config, ModelSettings
 from .engine import GenerationRequest, GenerationStream
 from .errors import ShuttingDownError
 from .metrics import Metrics
@@ -27,6 +29,7 @@ from .reloader import Reloader
 from .status import (
     Health,
     ModelCard,
+    ModelDetail,
     PoolEntryStatus,
     PoolStatus,
     health,
@@ -78,9 +81,12 @@ class Daemon:
 
         self.config = config
         self.registry = registry if registry is not None else build_registry(config)
-        self.engine: Engine = Engine(prompt_cache_bytes=config.pool.prompt_cache_bytes)
+        self.engine: Engine = Engine(
+            prompt_cache_bytes=config.pool.prompt_cache_bytes,
+            mlx_cache_bytes=config.pool.mlx_cache_bytes,
+        )
         self.pool = Pool(self.engine, pool_limits(config))
-        self.metrics = Metrics(self.pool)
+        self.metrics = Metrics(self.pool, self.engine.memory)
         self.reloader = Reloader(config_path, overrides or {}, lambda: self.config, self.apply)
         self.draining = False
         self._watch = watch
@@ -129,7 +135,7 @@ class Daemon:
     async def apply(self, config: Config, registry: Registry) -> RegistryDiff:
         """Swap a new config and registry in (one assignment each): requests in flight finish
         on what they leased; entries whose files changed or went away unload once idle; the
-        pool's limits and the engine's prompt-cache size follow the config."""
+        pool's limits, the engine's prompt-cache size and MLX's cache limit follow the config."""
         diff = diff_registries(self.registry, registry)
         self.registry, self.config = registry, config
         if diff:
@@ -145,6 +151,8 @@ class Daemon:
             await self.pool.apply_limits(limits)
         if config.pool.prompt_cache_bytes != self.engine.prompt_cache_bytes:
             await self.engine.set_prompt_cache_bytes(config.pool.prompt_cache_bytes)
+        if config.pool.mlx_cache_bytes != self.engine.mlx_memory.cache_bytes:
+            await self.engine.set_mlx_cache_bytes(config.pool.mlx_cache_bytes)
         return diff
 
     # ---- what the daemon says about itself ---------------------------------------------------
@@ -156,9 +164,12 @@ class Daemon:
         """Every id and alias of the current snapshot, sorted."""
         return model_cards(self.registry, self.loaded_ids())
 
-    def model_card(self, name: str) -> ModelCard:
+    def model_detail(self, name: str) -> ModelDetail:
+        """One id's card and the request defaults in effect for it."""
         registry = self.registry
-        return model_card(registry, name, registry.resolve(name), self.loaded_ids())
+        card = model_card(registry, name, registry.resolve(name), self.loaded_ids())
+        settings = self.settings(self.target(name, None))
+        return ModelDetail(**msgspec.structs.asdict(card), settings=settings)
 
     def health(self) -> Health:
         reasons = [f"config error: {self.reloader.error}"] if self.reloader.error else []
@@ -196,6 +207,7 @@ class Daemon:
                 )
             )
         limits = pool.limits
+        mlx = self.engine.memory()
         return PoolStatus(
             entries=entries,
             used_bytes=pool.used_bytes,
@@ -205,6 +217,10 @@ class Daemon:
             queue_depth=pool.queue_depth,
             loads=pool.loads,
             evictions=pool.evictions,
+            mlx_cache_limit=self.engine.mlx_memory.cache_bytes,
+            mlx_active_bytes=mlx.active_bytes,
+            mlx_cache_bytes=mlx.cache_bytes,
+            mlx_peak_bytes=mlx.peak_bytes,
         )
 
     # ---- requests ----------------------------------------------------------------------------
@@ -213,8 +229,9 @@ class Daemon:
         """Resolve a request's `model` (and `adapters`) against the current snapshot."""
         return resolve(self.registry, self.config, model, adapter)
 
-    def default_temperature(self, target: Target) -> float:
-        return target.default_temperature(self.config)
+    def settings(self, target: Target) -> ModelSettings:
+        """The request defaults for `target` (`models:` entries, `defaults:`)."""
+        return target.settings(self.config)
 
     @asynccontextmanager
     async def lease(
@@ -228,6 +245,10 @@ class Daemon:
 
     async def generate(self, lease: Lease, request: GenerationRequest) -> GenerationStream:
         return await self.engine.generate(lease.key, request)
+
+    async def count_tokens(self, lease: Lease, request: GenerationRequest) -> int:
+        """The prompt tokens `request` would have on the leased model (its own template)."""
+        return await self.engine.count_tokens(lease.key, request)
 
     # ---- admin -------------------------------------------------------------------------------
 

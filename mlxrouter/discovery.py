@@ -59,7 +59,8 @@ class FoundModel:
     fingerprint: str
     trusts_code: bool
     #: what IDE pickers read: "completion", plus "chat" with a chat template, plus "tools"
-    #: when that template renders a `tools` list (adapters: empty; the registry uses the base's)
+    #: when that template renders a `tools` list and "thinking" when it has thinking markers or
+    #: the `enable_thinking` switch (adapters: empty; the registry uses the base's)
     capabilities: tuple[str, ...] = ()
     #: weight bits from config.json's `quantization` section; None for unquantised weights
     quantization_bits: int | None = None
@@ -166,11 +167,21 @@ def _chat_template(folder: Path) -> str | None:
     return template if isinstance(template, str) else None
 
 
+#: what in a chat template shows a thinking model: it opens or closes a thinking block, or
+#: reads the `enable_thinking` switch (Qwen3, DeepSeek-R1, SmolLM3, ...)
+THINKING_SIGNS = ("<think>", "</think>", "enable_thinking")
+
+
 def _capabilities(folder: Path) -> tuple[str, ...]:
     template = _chat_template(folder)
     if template is None:
         return ("completion",)
-    return ("chat", "completion", "tools") if "tools" in template else ("chat", "completion")
+    found = ["chat", "completion"]
+    if "tools" in template:
+        found.append("tools")
+    if any(sign in template for sign in THINKING_SIGNS):
+        found.append("thinking")
+    return tuple(found)
 
 
 def _quantization_bits(config: dict[str, Any]) -> int | None:

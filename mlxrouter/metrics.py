@@ -1,11 +1,11 @@
 """Prometheus metrics: counters the routes update as requests are served, and gauges read
-from the pool at scrape time. Each app has its own registry, so several apps (tests) can
-live in one process."""
+from the pool (and MLX's memory figures, as the engine last published them) at scrape time.
+Each app has its own registry, so several apps (tests) can live in one process."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -17,11 +17,23 @@ if TYPE_CHECKING:
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+class MlxFigures(Protocol):
+    """MLX's memory figures in bytes (the engine's `MlxMemory`)."""
+
+    @property
+    def active_bytes(self) -> int: ...
+    @property
+    def cache_bytes(self) -> int: ...
+    @property
+    def peak_bytes(self) -> int: ...
+
+
 class _PoolCollector(Collector):
     """Read the pool's own numbers when scraped, instead of mirroring them on every change."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, memory: Callable[[], MlxFigures] | None) -> None:
         self._pool = pool
+        self._memory = memory
 
     def collect(self) -> Iterator[Metric]:
         pool = self._pool
@@ -44,10 +56,18 @@ class _PoolCollector(Collector):
         yield CounterMetricFamily(
             "mlxrouter_evictions", "Entries evicted to make room", value=pool.evictions
         )
+        if self._memory is not None:
+            mlx = self._memory()
+            for name, help_text, value in (
+                ("active", "Bytes MLX's live arrays hold", mlx.active_bytes),
+                ("cache", "Bytes of freed buffers MLX keeps for reuse", mlx.cache_bytes),
+                ("peak", "The most bytes MLX's arrays held since start", mlx.peak_bytes),
+            ):
+                yield GaugeMetricFamily(f"mlxrouter_mlx_{name}_bytes", help_text, value=value)
 
 
 class Metrics:
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, memory: Callable[[], MlxFigures] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "mlxrouter_requests",
@@ -77,7 +97,7 @@ class Metrics:
             buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
             registry=self.registry,
         )
-        self.registry.register(_PoolCollector(pool))
+        self.registry.register(_PoolCollector(pool, memory))
 
     def render(self) -> bytes:
         data: bytes = generate_latest(self.registry)

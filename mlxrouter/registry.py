@@ -101,6 +101,12 @@ def _scan_sources(config: Config, problems: list[str]) -> dict[str, RegistryEntr
         for model in scan_model_dir(folder):
             found[model.id] = RegistryEntry(model.id, model, "model_dir")
     for model_id, entry in config.models.items():
+        if entry.path is None and entry.model is None:  # options for a model found elsewhere
+            if model_id in found:
+                found[model_id] = replace(found[model_id], options=_options(entry))
+            else:
+                problems.append(f"models.{model_id}: sets options for an id that is not found")
+            continue
         if entry.path is None:
             continue
         described = describe_folder(model_id, Path(entry.path).expanduser())

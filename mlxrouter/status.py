@@ -13,6 +13,7 @@ from typing import Literal
 
 import msgspec
 
+from .config import ModelSettings
 from .registry import Registry, RegistryEntry
 
 
@@ -43,9 +44,19 @@ class ModelCard(msgspec.Struct, kw_only=True):
     context_length: int | None
     #: the same number under the name vLLM-aware pickers read
     max_model_len: int | None
+    #: "completion" always; "chat" with a chat template; "tools" when the template renders
+    #: tools; "thinking" when it has thinking markers or the `enable_thinking` switch
     capabilities: list[str]
     quantization_bits: int | None
     size_bytes: int
+
+
+class ModelDetail(ModelCard, kw_only=True):
+    """`GET /v1/models/{id}`: the card, plus the request defaults in effect for this id (its
+    `models:` entry over `defaults:`; null: not set, the request's or the built-in default
+    applies)."""
+
+    settings: ModelSettings
 
 
 class PoolEntryStatus(msgspec.Struct, kw_only=True):
@@ -75,6 +86,16 @@ class PoolStatus(msgspec.Struct, kw_only=True):
     queue_depth: int
     loads: int
     evictions: int
+    # MLX's own figures beside the pool's estimate (`used_bytes`): a gap between them is memory
+    # the pool does not govern. Defaults keep answers of older daemons decodable.
+    #: bytes MLX's live arrays hold (weights, KV caches, activations)
+    mlx_active_bytes: int = 0
+    #: freed buffers MLX keeps for reuse (`pool.mlx_cache_bytes` bounds them)
+    mlx_cache_bytes: int = 0
+    #: the most active memory since the daemon started
+    mlx_peak_bytes: int = 0
+    #: `pool.mlx_cache_bytes`; null: MLX's default
+    mlx_cache_limit: int | None = None
 
 
 class Health(msgspec.Struct, kw_only=True):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import Config
+from .config import Config, ModelSettings
 from .engine import LoadSpec
 from .errors import InvalidRequestError, ModelNotFoundError
 from .pool import LeaseRequest
@@ -56,17 +56,15 @@ class Target:
             keep_alive=keep_alive,
         )
 
-    def default_temperature(self, config: Config) -> float:
-        """The temperature for a request that names none: the `models:` entry's (the id asked
-        for, then the adapter's, then the model's), else `default_temperature`, else OpenAI's
-        1.0."""
+    def settings(self, config: Config) -> ModelSettings:
+        """The request defaults that apply: the `models:` entry of the id asked for (an alias),
+        then the adapter's, then the model's, then `defaults:`; `default_temperature` last."""
         names = [self.requested, *([self.adapter.id] if self.adapter else []), self.model.id]
-        for name in names:
-            entry = config.models.get(name)
-            if entry is not None and entry.temperature is not None:
-                return entry.temperature
-        default = config.default_temperature
-        return 1.0 if default is None else default
+        settings = ModelSettings(temperature=config.default_temperature)
+        for layer in [config.defaults, *reversed([config.models.get(n) for n in names])]:
+            if layer is not None:
+                settings = layer.over(settings)
+        return settings
 
 
 def only_model(registry: Registry) -> str | None:

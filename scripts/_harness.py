@@ -4,6 +4,9 @@
 ready line (`mlxrouter ready: http://HOST:PORT/v1 (...)`) says where it listens: the kernel
 picks the port as the daemon binds it, so no other process can take it in between. Servers
 without such a line (mlx_lm.server) get a `free_port()` and are polled with `wait_until_up`.
+
+`rss_bytes` and `slope` are what the memory scripts (scripts/soak.py, scripts/load_cycles.py)
+measure growth with: a process's resident memory, and the least-squares slope of samples.
 """
 
 from __future__ import annotations
@@ -113,6 +116,34 @@ def wait_until_up(
                     return
             time.sleep(0.1)
     raise RuntimeError(f"{name} did not start within {timeout:.0f}s:\n{log_tail(log)}")
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of `pid` (VmRSS on Linux, `ps` elsewhere). On macOS this undercounts
+    an MLX process: Metal buffers are not in RSS (watch MLX's figures in /admin/pool too)."""
+    status = Path(f"/proc/{pid}/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+    out = subprocess.run(
+        ["ps", "-o", "rss=", "-p", str(pid)], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    return int(out) * 1024 if out.isdigit() else 0
+
+
+def slope(points: Sequence[tuple[float, float]]) -> float:
+    """The least-squares slope of (x, y) points (0 with fewer than two distinct x)."""
+    n = len(points)
+    if n < 2:
+        return 0.0
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    if spread == 0:
+        return 0.0
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread
 
 
 def stop(process: subprocess.Popen[bytes], timeout: float = 30.0) -> int:

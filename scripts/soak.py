@@ -1,9 +1,14 @@
 """Soak: mixed streaming and plain requests over three models with a pool of two, random
 client disconnects and live config edits, against a real `mlxrouter serve` subprocess.
 
-Prints unexpected errors, p50/p99 latency and the daemon's RSS growth after warm-up; exits 1
-when anything other than the intended 503/429 went wrong or RSS grew more than 5%.
-Usage: scripts/soak [--seconds N] [--clients N]
+Every few seconds it samples the daemon's RSS and MLX's own figures (active and cache bytes,
+from /admin/pool); after warm-up it fits the least-squares slope of each and prints it in MB
+(10^6 bytes) per hour. Prints unexpected errors and p50/p99 latency too. Exits 1 when anything
+other than the intended 503/429 went wrong, when the fitted RSS grew more than 5% after
+warm-up, or, on runs of at least --slope-after seconds (20 minutes), when the RSS slope is
+above --max-mb-per-hour (5); shorter runs report the slope without judging it, as a slope
+fitted over a few minutes says little about weeks.
+Usage: scripts/soak [--seconds N] [--clients N] [--sample-every S] [--max-mb-per-hour X]
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-from _harness import start_mlxrouter
+from _harness import rss_bytes, slope, start_mlxrouter
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -28,13 +33,52 @@ from tinymodel import make_tiny_model  # noqa: E402
 
 MODELS = ["soak-a", "soak-b", "soak-c"]
 EXPECTED = {200, 429, 503}
+MB = 1e6
 
 
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+class Memory:
+    """The daemon's memory sampled over the run: (seconds since start, bytes) per figure."""
+
+    FIGURES = ("rss", "mlx_active", "mlx_cache")
+
+    def __init__(self, pid: int, url: str) -> None:
+        self.pid = pid
+        self.url = url
+        self.samples: dict[str, list[tuple[float, float]]] = {f: [] for f in self.FIGURES}
+
+    def sample(self, elapsed: float) -> None:
+        self.samples["rss"].append((elapsed, rss_bytes(self.pid)))
+        try:
+            pool = httpx.get(self.url + "/admin/pool", timeout=10).json()
+        except (httpx.HTTPError, ValueError):
+            return  # a busy moment: the RSS sample still counts
+        self.samples["mlx_active"].append((elapsed, pool.get("mlx_active_bytes", 0)))
+        self.samples["mlx_cache"].append((elapsed, pool.get("mlx_cache_bytes", 0)))
+
+    def after(self, figure: str, warmup: float) -> list[tuple[float, float]]:
+        return [(t, b) for t, b in self.samples[figure] if t >= warmup]
+
+    def mb_per_hour(self, figure: str, warmup: float) -> float:
+        return slope(self.after(figure, warmup)) * 3600 / MB
+
+    def fitted_growth(self, warmup: float) -> tuple[float, float, float]:
+        """RSS at the end of warm-up and at the end, read off the fitted line, and the growth
+        between them in percent (the line smooths out single noisy samples)."""
+        points = self.after("rss", warmup)
+        if len(points) < 2:
+            return float("nan"), float("nan"), float("nan")
+        rate = slope(points)
+        mean_t = sum(t for t, _ in points) / len(points)
+        mean_b = sum(b for _, b in points) / len(points)
+        start = mean_b + rate * (points[0][0] - mean_t)
+        end = mean_b + rate * (points[-1][0] - mean_t)
+        return start, end, (end - start) / start * 100
+
+    def write_csv(self, path: Path) -> None:
+        lines = ["figure,seconds,bytes"]
+        for figure, points in self.samples.items():
+            lines += [f"{figure},{t:.1f},{b:.0f}" for t, b in points]
+        path.write_text("\n".join(lines) + "\n")
 
 
 class Soak:
@@ -115,7 +159,22 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=300.0)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--sample-every", type=float, default=3.0, help="seconds (default 3)")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        help="seconds left out of the fit (default: a quarter, at most 5 min)",
+    )
+    parser.add_argument("--max-mb-per-hour", type=float, default=5.0, help="RSS slope bound")
+    parser.add_argument(
+        "--slope-after",
+        type=float,
+        default=1200.0,
+        help="judge the slope only on runs at least this long (seconds, default 20 min)",
+    )
+    parser.add_argument("--samples", type=Path, help="write the memory samples to this CSV")
     args = parser.parse_args()
+    warmup = args.warmup if args.warmup is not None else min(args.seconds * 0.25, 300.0)
 
     with tempfile.TemporaryDirectory(prefix="mlxrouter-soak-") as temp:
         root = Path(temp)
@@ -146,17 +205,19 @@ def main() -> int:
             ]
             for thread in threads:
                 thread.start()
-            warm_rss = None
+            memory = Memory(daemon.pid, url)
             variant = 0
+            next_sample = 0.0
             while any(t.is_alive() for t in threads):
-                time.sleep(1.0)
                 elapsed = time.monotonic() - started
-                if warm_rss is None and elapsed > args.seconds * 0.25:
-                    warm_rss = rss_kb(daemon.pid)
+                if elapsed >= next_sample:
+                    memory.sample(elapsed)
+                    next_sample += args.sample_every
                 if int(elapsed) // 10 > variant:  # a config edit every 10 s
                     variant = int(elapsed) // 10
                     write_config(config, root / "models", variant)
-            end_rss = rss_kb(daemon.pid)
+                time.sleep(min(1.0, max(0.05, next_sample - (time.monotonic() - started))))
+            memory.sample(time.monotonic() - started)
             health = httpx.get(url + "/health").json()
             pool = httpx.get(url + "/admin/pool").json()
         finally:
@@ -170,11 +231,34 @@ def main() -> int:
             if latencies
             else float("nan")
         )
-        growth = (end_rss - warm_rss) / warm_rss * 100 if warm_rss else float("nan")
+        warm_rss, end_rss, growth = memory.fitted_growth(warmup)
+        rss_rate = memory.mb_per_hour("rss", warmup)
+        judged = args.seconds >= args.slope_after
         print(f"soak: {args.seconds:.0f}s, {args.clients} clients, models {MODELS}, pool of 2")
         print(f"requests: {dict(soak.statuses)}; intended disconnects: {soak.disconnects}")
         print(f"latency of 200s: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")
-        print(f"daemon RSS: {warm_rss} kB after warm-up, {end_rss} kB at the end ({growth:+.1f}%)")
+        print(
+            f"daemon RSS (fitted, after {warmup:.0f}s of warm-up): {warm_rss / MB:.1f} MB, "
+            f"{end_rss / MB:.1f} MB at the end ({growth:+.1f}%); "
+            f"{len(memory.after('rss', warmup))} samples every {args.sample_every:g}s"
+        )
+        print(
+            f"RSS slope after warm-up: {rss_rate:+.2f} MB/h "
+            + (
+                f"(bound {args.max_mb_per_hour:g} MB/h)"
+                if judged
+                else f"(not judged: runs under {args.slope_after:.0f}s report it only)"
+            )
+        )
+        for figure in ("mlx_active", "mlx_cache"):
+            points = memory.samples[figure]
+            last = points[-1][1] / MB if points else float("nan")
+            print(
+                f"MLX {figure[4:]}: {last:.1f} MB at the end, "
+                f"{memory.mb_per_hour(figure, warmup):+.2f} MB/h after warm-up"
+            )
+        if args.samples is not None:
+            memory.write_csv(args.samples)
         in_flight = sum(e["in_flight"] for e in pool["entries"])
         print(f"health at the end: {health['status']}; in flight: {in_flight}")
         print(f"daemon exit code: {code}")
@@ -188,6 +272,7 @@ def main() -> int:
             and health["status"] == "ok"
             and in_flight == 0
             and growth < 5
+            and (not judged or rss_rate <= args.max_mb_per_hour)
             and soak.statuses[200] > 0
         )
         if not ok:

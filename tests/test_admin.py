@@ -172,24 +172,24 @@ def test_trained_adapters_change_the_answer_without_reloading_the_base(model_dir
 
 
 def _check_trained_adapters(url: str) -> None:
-    client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+    with openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0) as client:
 
-    def ask(model: str) -> str:
-        reply = client.chat.completions.create(
-            model=model,
-            messages=[{"role": "user", "content": QUESTION}],
-            max_tokens=8,
-            temperature=0,
-        )
-        return reply.choices[0].message.content or ""
+        def ask(model: str) -> str:
+            reply = client.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": QUESTION}],
+                max_tokens=8,
+                temperature=0,
+            )
+            return reply.choices[0].message.content or ""
 
-    base = ask("tiny-a")
-    assert base not in ("The fox", "capital")
-    for _ in range(2):  # switch back and forth
-        assert ask("tiny-a-fox") == "The fox"
-        assert ask("tiny-a-capital") == "capital"
-        assert ask("tiny-a") == base
-    status = httpx.get(url + "/admin/pool").json()
-    assert status["loads"] == 3  # the base once, each adapter once: no reloads on switching
-    sizes = {e["id"]: e["bytes"] for e in status["entries"]}
-    assert sizes["tiny-a-fox"] < sizes["tiny-a"] and sizes["tiny-a-capital"] < sizes["tiny-a"]
+        base = ask("tiny-a")
+        assert base not in ("The fox", "capital")
+        for _ in range(2):  # switch back and forth
+            assert ask("tiny-a-fox") == "The fox"
+            assert ask("tiny-a-capital") == "capital"
+            assert ask("tiny-a") == base
+        status = httpx.get(url + "/admin/pool").json()
+        assert status["loads"] == 3  # the base once, each adapter once: no reloads on switching
+        sizes = {e["id"]: e["bytes"] for e in status["entries"]}
+        assert sizes["tiny-a-fox"] < sizes["tiny-a"] and sizes["tiny-a-capital"] < sizes["tiny-a"]

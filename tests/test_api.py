@@ -24,8 +24,11 @@ def daemon(tiny_models: Path) -> Iterator[tuple[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def client(daemon: tuple[str, Any]) -> openai.OpenAI:
-    return openai.OpenAI(base_url=daemon[0] + "/v1", api_key="unused", max_retries=0, timeout=60)
+def client(daemon: tuple[str, Any]) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(
+        base_url=daemon[0] + "/v1", api_key="unused", max_retries=0, timeout=60
+    ) as sdk:
+        yield sdk
 
 
 @pytest.fixture

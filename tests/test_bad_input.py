@@ -329,15 +329,15 @@ def test_bad_input(
 
 
 def test_sdk_sees_typed_errors(daemon: tuple[str, Any]) -> None:
-    client = openai.OpenAI(base_url=daemon[0] + "/v1", api_key="x", max_retries=0)
-    with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(model="nope", messages=OK_MESSAGES)  # type: ignore[arg-type]
-    with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model="tiny-a", messages=OK_MESSAGES, temperature=9)  # type: ignore[arg-type]
-    assert info.value.body["param"] == "temperature"  # type: ignore[index]
-    with pytest.raises(openai.BadRequestError) as info:
-        client.completions.create(model="tiny-a", prompt="x " * 600)
-    assert info.value.code == "context_length_exceeded"
-    assert client.chat.completions.create(
-        model="tiny-a", messages=OK_MESSAGES, max_tokens=2
-    ).choices  # type: ignore[arg-type]
+    with openai.OpenAI(base_url=daemon[0] + "/v1", api_key="x", max_retries=0) as client:
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="nope", messages=OK_MESSAGES)  # type: ignore[arg-type]
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model="tiny-a", messages=OK_MESSAGES, temperature=9)  # type: ignore[arg-type]
+        assert info.value.body["param"] == "temperature"  # type: ignore[index]
+        with pytest.raises(openai.BadRequestError) as info:
+            client.completions.create(model="tiny-a", prompt="x " * 600)
+        assert info.value.code == "context_length_exceeded"
+        assert client.chat.completions.create(
+            model="tiny-a", messages=OK_MESSAGES, max_tokens=2
+        ).choices  # type: ignore[arg-type]

@@ -24,8 +24,11 @@ from tinymodel import make_tiny_model
 @pytest.fixture(scope="module")
 def smol(demo_model: Path) -> Iterator[openai.OpenAI]:
     config = f"hf_cache: false\nmodel_dirs: [{demo_model.parent}]\n"
-    with running_daemon(config) as (url, _):
-        yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    with (
+        running_daemon(config) as (url, _),
+        openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120) as sdk,
+    ):
+        yield sdk
 
 
 @pytest.mark.slow

@@ -105,18 +105,18 @@ def test_bare_server_url_paths(url: str) -> None:
 def test_openai_sdk_snippet(url: str) -> None:
     from openai import OpenAI
 
-    client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
-    reply = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Hello"}], max_tokens=4
-    )
-    assert reply.choices[0].message.content is not None
-    chunks = list(
-        client.chat.completions.create(
-            model=MODEL,
-            messages=[{"role": "user", "content": "Hello"}],
-            max_tokens=4,
-            stream=True,
-            stream_options={"include_usage": True},
+    with OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0) as client:
+        reply = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Hello"}], max_tokens=4
         )
-    )
-    assert chunks[-1].usage is not None
+        assert reply.choices[0].message.content is not None
+        chunks = list(
+            client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "Hello"}],
+                max_tokens=4,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+        assert chunks[-1].usage is not None

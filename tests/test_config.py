@@ -54,7 +54,7 @@ api_key: secret
         ("model_dirs: /one/folder", "`model_dirs`"),
         ("pool: {max_memory: 8QB}", "`pool.max_memory`"),
         ("pool: {idle_ttl: soon}", "`pool.idle_ttl`"),
-        ("models: {x: {}}", "`models.x` needs exactly one of `path` or `model`"),
+        ("models: {x: {path: /a, model: b}}", "`models.x` takes `path` or `model`, not both"),
         ("models: {x: {path: /a, colour: red}}", "unknown field `colour`"),
         ("- just\n- a list", "top level must be a mapping"),
     ],

@@ -31,8 +31,11 @@ def daemon(demo_model: Path, tiny_models: Path) -> Iterator[tuple[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def client(daemon: tuple[str, Any]) -> openai.OpenAI:
-    return openai.OpenAI(base_url=daemon[0] + "/v1", api_key="unused", max_retries=0, timeout=120)
+def client(daemon: tuple[str, Any]) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(
+        base_url=daemon[0] + "/v1", api_key="unused", max_retries=0, timeout=120
+    ) as sdk:
+        yield sdk
 
 
 def test_demo_model_is_listed_with_its_context(client: openai.OpenAI) -> None:
@@ -120,8 +123,10 @@ def test_cli_serve_with_no_config_serves_the_demo(demo_model: Path, tmp_path: Pa
         "MLXROUTER_DATA_DIR": str(data),
         "MLXROUTER_CONFIG_DIR": str(tmp_path / "no-config"),
     }
-    with spawned_daemon([], log=tmp_path / "serve.log", env=env) as (url, process):
-        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+    with (
+        spawned_daemon([], log=tmp_path / "serve.log", env=env) as (url, process),
+        openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0) as client,
+    ):
         ids = [m.id for m in client.models.list().data]
         assert DEMO in ids
         reply = client.chat.completions.create(

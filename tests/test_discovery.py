@@ -310,6 +310,30 @@ def test_context_length(tmp_path: Path, config: dict[str, Any], expected: int | 
 
 
 @pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        (None, ("completion",)),
+        ("{{ messages }}", ("chat", "completion")),
+        ("{% if tools %}{{ tools }}{% endif %}", ("chat", "completion", "tools")),
+        ("{{ '<think>\\n' }}{{ messages }}", ("chat", "completion", "thinking")),
+        (
+            "{% if enable_thinking is false %}x{% endif %}{{ tools }}",
+            ("chat", "completion", "tools", "thinking"),
+        ),
+    ],
+)
+def test_capabilities_from_the_chat_template(
+    tmp_path: Path, template: str | None, expected: tuple[str, ...]
+) -> None:
+    folder = make_model(tmp_path / "m")
+    if template is not None:
+        (folder / "chat_template.jinja").write_text(template)
+    found = describe_folder("m", folder)
+    assert found is not None
+    assert found.capabilities == expected
+
+
+@pytest.mark.parametrize(
     "config", [{"auto_map": {"AutoModel": "modeling.Foo"}}, {"model_file": "custom.py"}]
 )
 def test_remote_code_config_trusts_code(tmp_path: Path, config: dict[str, Any]) -> None:

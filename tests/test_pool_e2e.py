@@ -52,22 +52,22 @@ async def ask(client: openai.AsyncOpenAI, model: str) -> str:
 async def test_concurrent_requests_across_three_models(daemon: tuple[str, Any]) -> None:
     url, app = daemon
     pool = app.state.daemon.pool
-    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=300)
+    async with openai.AsyncOpenAI(
+        base_url=url + "/v1", api_key="x", max_retries=0, timeout=300
+    ) as client:
+        # Two models, three concurrent requests each: exactly one load per model.
+        first = await asyncio.gather(*(ask(client, m) for m in ["smol-1", "smol-2"] * 3))
+        assert first == ["ok"] * 6
+        assert pool.loads == 2
 
-    # Two models, three concurrent requests each: exactly one load per model.
-    first = await asyncio.gather(*(ask(client, m) for m in ["smol-1", "smol-2"] * 3))
-    assert first == ["ok"] * 6
-    assert pool.loads == 2
+        # A third model needs room: one eviction, one load, however many ask at once.
+        second = await asyncio.gather(*(ask(client, "smol-3") for _ in range(3)))
+        assert second == ["ok"] * 3
+        assert (pool.loads, pool.evictions) == (3, 1)
 
-    # A third model needs room: one eviction, one load, however many ask at once.
-    second = await asyncio.gather(*(ask(client, "smol-3") for _ in range(3)))
-    assert second == ["ok"] * 3
-    assert (pool.loads, pool.evictions) == (3, 1)
-
-    # Everything at once: every request succeeds or gets a clean 503, and nothing hangs.
-    mixed = await asyncio.wait_for(asyncio.gather(*(ask(client, m) for m in MODELS * 3)), 300)
-    assert set(mixed) <= {"ok", "503"}
-    assert mixed.count("ok") >= 3
-    assert all(e.in_flight == 0 for e in pool.entries())
-    assert len(pool.entries()) <= 2
-    await client.close()
+        # Everything at once: every request succeeds or gets a clean 503, and nothing hangs.
+        mixed = await asyncio.wait_for(asyncio.gather(*(ask(client, m) for m in MODELS * 3)), 300)
+        assert set(mixed) <= {"ok", "503"}
+        assert mixed.count("ok") >= 3
+        assert all(e.in_flight == 0 for e in pool.entries())
+        assert len(pool.entries()) <= 2

@@ -69,8 +69,9 @@ def daemon(
 
 
 @pytest.fixture(scope="module")
-def client(daemon: tuple[str, Any]) -> openai.OpenAI:
-    return openai.OpenAI(base_url=daemon[0] + "/v1", api_key="x", max_retries=0, timeout=60)
+def client(daemon: tuple[str, Any]) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=daemon[0] + "/v1", api_key="x", max_retries=0, timeout=60) as sdk:
+        yield sdk
 
 
 def test_tool_call_is_parsed(client: openai.OpenAI) -> None:

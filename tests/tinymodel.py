@@ -8,7 +8,7 @@ is a byte-level BPE trained on a few sentences, so any text round-trips.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +202,63 @@ def save_adapter(
     }
     (folder / "adapter_config.json").write_text(json.dumps(config, indent=2))
     return folder
+
+
+# Thinking models: ChatML with Qwen3's switch. The template opens a `<think>` block for the
+# answer unless `enable_thinking` is false (then it writes an empty, closed one); with
+# `open_think: false` it opens none and leaves that to the model. Earlier assistant turns'
+# `reasoning_content` is rendered, and tools are offered in the `<tool_call>` JSON format
+# (mlx_lm picks its `json_tools` parser: the template names `<tool_call>` and `tool_call.name`).
+THINK_TEMPLATE = """\
+{%- if tools %}
+    {{- '<|im_start|>system\\nCall a tool as <tool_call>\\n{"name": ..., "arguments": ...}\\n\
+</tool_call> with one of:' }}
+    {%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}
+    {{- '<|im_end|>\\n' }}
+{%- endif %}
+{%- for message in messages %}
+    {{- '<|im_start|>' + message.role + '\\n' }}
+    {%- if message.role == 'assistant' and message.reasoning_content %}
+        {{- '<think>' + message.reasoning_content + '</think>' }}
+    {%- endif %}
+    {{- message.content }}
+    {%- for tool_call in message.tool_calls or [] %}
+        {%- set tool_call = tool_call.function %}
+        {{- '<tool_call>\\n{"name": "' + tool_call.name + '", "arguments": ' }}
+        {{- (tool_call.arguments | tojson) + '}\\n</tool_call>' }}
+    {%- endfor %}
+    {{- '<|im_end|>\\n' }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\\n\\n</think>' }}
+    {%- elif open_think is not defined or open_think %}
+        {{- '<think>' }}
+    {%- endif %}
+{%- endif %}
+"""
+THINK_MARKERS = ["<think>", "</think>"]
+
+
+def write_thinking_tokenizer(
+    folder: Path, *, pieces: Sequence[str] = (), vocab_size: int = 320
+) -> int:
+    """The tiny BPE plus `<think>` / `</think>` as special tokens (so mlx_lm's tokenizer has
+    thinking) and `pieces` as added ordinary tokens; the thinking chat template."""
+    from tokenizers import AddedToken
+
+    tok = train_bpe(CORPUS, vocab_size=vocab_size)
+    tok.add_tokens([AddedToken(p, special=False, normalized=False) for p in dict.fromkeys(pieces)])
+    tok.add_special_tokens([AddedToken(m, special=True, normalized=False) for m in THINK_MARKERS])
+    fast = save_tokenizer(tok, folder, THINK_TEMPLATE)
+    for piece in [*pieces, *THINK_MARKERS]:
+        if len(fast.encode(piece, add_special_tokens=False)) != 1:
+            raise ValueError(f"{piece!r} is not a single token")
+    return len(fast)
+
+
+def make_thinking_model(folder: Path, *, seed: int = 0) -> Path:
+    """A random-weight model whose tokenizer has thinking markers and whose template opens
+    `<think>` unless `enable_thinking` is false."""
+    return make_tiny_model(folder, seed=seed, context=4096, tokenizer=write_thinking_tokenizer)

@@ -24,6 +24,7 @@ from .responses import (
     ChatLogprobs,
     Completion,
     CompletionChunk,
+    CompletionTokensDetails,
     Delta,
     FinishReason,
     FunctionCall,
@@ -86,6 +87,9 @@ def usage(finished: Sequence[Finished]) -> Usage:
         total_tokens=prompt + completion,
         prompt_tokens_details=PromptTokensDetails(
             cached_tokens=sum(f.cached_tokens for f in finished)
+        ),
+        completion_tokens_details=CompletionTokensDetails(
+            reasoning_tokens=sum(f.reasoning_tokens for f in finished)
         ),
     )
 
@@ -150,6 +154,7 @@ def _chat_choice(
     meta: ResponseMeta, index: int, chunks: Sequence[Chunk], finished: Finished
 ) -> ChatChoice:
     text = "".join(c.text for c in chunks)
+    reasoning = "".join(c.reasoning for c in chunks) or None
     calls = [
         ResponseToolCall(id=call.id, function=_function(call))
         for c in chunks
@@ -159,7 +164,13 @@ def _chat_choice(
     return ChatChoice(
         index=index,
         message=AssistantMessage(
-            role="assistant", content=text or (None if calls else ""), tool_calls=calls or None
+            role="assistant",
+            # null beside tool calls when there is no text (or only the blank line a model
+            # writes between its reasoning and its call)
+            content=None if calls and not text.strip() else text,
+            reasoning_content=reasoning,
+            reasoning=reasoning,
+            tool_calls=calls or None,
         ),
         finish_reason=_finish(finished.finish_reason),
         logprobs=chat_logprobs(items) if meta.logprobs else None,
@@ -228,8 +239,14 @@ class _ChunkWriter:
             for i, call in enumerate(chunk.tool_calls)
         ]
         self.calls[index] += len(calls)
-        content = chunk.text if chunk.text or not calls else None
-        delta = Delta(content=content, tool_calls=calls or None)
+        content = chunk.text if chunk.text or not (calls or chunk.reasoning) else None
+        reasoning = chunk.reasoning or None
+        delta = Delta(
+            content=content,
+            reasoning_content=reasoning,
+            reasoning=reasoning,
+            tool_calls=calls or None,
+        )
         chat_lps = chat_logprobs(logprobs) if logprobs is not None else None
         return self._chat(
             [ChatChunkChoice(index=index, delta=delta, finish_reason=None, logprobs=chat_lps)]

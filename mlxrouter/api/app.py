@@ -21,13 +21,16 @@ from litestar.openapi import OpenAPIConfig
 from .. import __version__
 from ..config import Config
 from ..daemon import Daemon
+from .anthropic import ROUTES as ANTHROPIC_ROUTES
 from .errors import EXCEPTION_HANDLERS
 from .guards import host_allowlist, write_timeout
+from .ollama import ROUTES as OLLAMA_ROUTES
+from .responses_api import ROUTES as RESPONSES_ROUTES
 from .routes import ROUTES, ModelsAnswer
 
 log = logging.getLogger(__name__)
 
-_OPEN_PATHS = {"/health"}
+_OPEN_PATHS = {"/", "/health"}
 
 
 def _api_key_guard(daemon: Daemon, env_key: str | None) -> Any:
@@ -36,13 +39,13 @@ def _api_key_guard(daemon: Daemon, env_key: str | None) -> Any:
         api_key = daemon.config.api_key or env_key
         if not api_key or connection.url.path in _OPEN_PATHS:
             return
-        expected = api_key.encode()
-        header = connection.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
+        scheme, _, token = connection.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            token = connection.headers.get("x-api-key", "")  # Anthropic's SDK sends this
         # Constant-time compare: the key must not leak through response timing.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+        if not hmac.compare_digest(token.strip().encode(), api_key.encode()):
             raise NotAuthorizedException(
-                "Invalid or missing API key (send `Authorization: Bearer <key>`)"
+                "Invalid or missing API key (send `Authorization: Bearer <key>` or `x-api-key`)"
             )
 
     return guard
@@ -69,7 +72,7 @@ def create_app(
     listening = [] if config.host in ("0.0.0.0", "::", "") else [config.host]  # noqa: S104
     cors = CORSConfig(allow_origins=config.cors_origins) if config.cors_origins else None
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, *RESPONSES_ROUTES, *ANTHROPIC_ROUTES, *OLLAMA_ROUTES],
         middleware=[
             host_allowlist([*listening, *config.allowed_hosts]),
             write_timeout(config.write_timeout),

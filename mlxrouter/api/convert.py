@@ -7,17 +7,26 @@ events -> OpenAI answers, is `answers.py`."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, TypeVar
 
+from ..config import ModelSettings
 from ..engine import GenerationRequest, SamplingParams
 from ..errors import InvalidRequestError
 from ..units import Duration
 from .schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
 
-SYSTEM_FINGERPRINT = "mlxrouter"
+T = TypeVar("T")
 
 
-def _sampling(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams:
+def _first(*values: T | None) -> T:
+    """The first value that is set: the request's, then the model's settings, then the
+    default (last, never None)."""
+    return next(v for v in values if v is not None)
+
+
+def _sampling(
+    body: ChatCompletionRequest | CompletionRequest, settings: ModelSettings
+) -> SamplingParams:
     bias: dict[int, float] | None = None
     if body.logit_bias:
         try:
@@ -27,10 +36,10 @@ def _sampling(body: ChatCompletionRequest | CompletionRequest) -> SamplingParams
                 "logit_bias keys must be token ids", param="logit_bias"
             ) from None
     return SamplingParams(
-        temperature=body.temperature,  # None: the entry's default, filled in once resolved
-        top_p=1.0 if body.top_p is None else body.top_p,
-        top_k=body.top_k or 0,
-        min_p=body.min_p or 0.0,
+        temperature=_first(body.temperature, settings.temperature, 1.0),
+        top_p=_first(body.top_p, settings.top_p, 1.0),
+        top_k=_first(body.top_k, settings.top_k, 0),
+        min_p=_first(body.min_p, settings.min_p, 0.0),
         repetition_penalty=body.repetition_penalty,
         repetition_context_size=body.repetition_context_size or 20,
         presence_penalty=body.presence_penalty or None,
@@ -104,13 +113,19 @@ def _message_text(content: Any) -> str:
     return "".join(texts)
 
 
-def chat_request(body: ChatCompletionRequest, *, default_max_tokens: int) -> GenerationRequest:
+def chat_request(
+    body: ChatCompletionRequest, settings: ModelSettings, *, default_max_tokens: int
+) -> GenerationRequest:
+    """`settings` are the model's request defaults (`models:` / `defaults:`), for what the
+    request leaves unset."""
     if body.chat_template is not None:
         raise InvalidRequestError(
             "A request cannot supply its own chat template; the model's is used",
             param="chat_template",
         )
     messages = [_template_message(message) for message in body.messages]
+    if settings.system_prompt and not any(m["role"] in ("system", "developer") for m in messages):
+        messages.insert(0, {"role": "system", "content": settings.system_prompt})
     top: int | None = None
     if body.logprobs is True:
         top = body.top_logprobs or 0
@@ -122,15 +137,34 @@ def chat_request(body: ChatCompletionRequest, *, default_max_tokens: int) -> Gen
         messages=messages,
         role_mapping=body.role_mapping,
         max_tokens=body.max_completion_tokens or body.max_tokens,
-        default_max_tokens=default_max_tokens,
+        default_max_tokens=_first(settings.max_tokens, default_max_tokens),
         stop=_stop(body.stop),
-        sampling=_sampling(body),
+        sampling=_sampling(body, settings),
         logprobs=top,
         tools=_tools(body.tools, body.tool_choice),
         tool_call_required=bool(body.tools)
         and (body.tool_choice == "required" or isinstance(body.tool_choice, dict)),
         json_schema=schema_of(body.response_format) if body.response_format else None,
+        chat_template_kwargs={**settings.chat_template_kwargs, **template_kwargs(body)},
     )
+
+
+def template_kwargs(body: ChatCompletionRequest) -> dict[str, Any]:
+    """The chat template's variables: `chat_template_kwargs` as given, over the common
+    thinking switches mapped onto it (`reasoning_effort`, Ollama's `think`, then top-level
+    `enable_thinking`, each later one winning): "none" or `false` is `enable_thinking: false`,
+    an effort is passed as `reasoning_effort` for templates that read it."""
+    kwargs: dict[str, Any] = {}
+    for effort in (body.reasoning_effort, body.think):
+        if effort == "none" or effort is False:
+            kwargs["enable_thinking"] = False
+        elif effort is True:
+            kwargs["enable_thinking"] = True
+        elif effort is not None:
+            kwargs["reasoning_effort"] = effort
+    if body.enable_thinking is not None:
+        kwargs["enable_thinking"] = body.enable_thinking
+    return {**kwargs, **(body.chat_template_kwargs or {})}
 
 
 def _template_message(message: ChatMessage) -> dict[str, Any]:
@@ -141,6 +175,9 @@ def _template_message(message: ChatMessage) -> dict[str, Any]:
         item["name"] = message.name
     if message.tool_call_id:
         item["tool_call_id"] = message.tool_call_id
+    reasoning = message.reasoning_content or message.reasoning
+    if reasoning:  # kept for templates that render it (the engine drops it for the others)
+        item["reasoning_content"] = reasoning
     if message.tool_calls:
         calls = []
         for call in message.tool_calls:
@@ -181,7 +218,7 @@ def _tools(
 
 
 def completion_requests(
-    body: CompletionRequest, *, default_max_tokens: int
+    body: CompletionRequest, settings: ModelSettings, *, default_max_tokens: int
 ) -> list[GenerationRequest]:
     """One engine request per prompt: OpenAI's `prompt` is a string, a list of strings, a list
     of token ids, or a list of token-id lists; choice `i` answers prompt `i`."""
@@ -189,13 +226,13 @@ def completion_requests(
         raise InvalidRequestError(
             "`echo` and `suffix` are not supported", param="echo" if body.echo else "suffix"
         )
-    sampling = _sampling(body)
+    sampling = _sampling(body, settings)
     stop = _stop(body.stop)
     return [
         GenerationRequest(
             prompt=prompt,
             max_tokens=body.max_tokens,
-            default_max_tokens=default_max_tokens,
+            default_max_tokens=_first(settings.max_tokens, default_max_tokens),
             stop=stop,
             sampling=sampling,
             logprobs=body.logprobs,

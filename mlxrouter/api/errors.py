@@ -1,5 +1,6 @@
-"""The one error envelope: every error, ours or the framework's, becomes
-`{"error": {"message", "type", "param", "code"}}` with the right status. No tracebacks, no paths.
+"""Every error, ours or the framework's, becomes one error body with the right status, in the
+shape of the API the client speaks (`envelopes.py`: OpenAI's `{"error": {"message", "type",
+"param", "code"}}` unless the path is Anthropic's or Ollama's). No tracebacks, no paths.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import logging
 import re
 from typing import Any
 
-from litestar import Request, Response
+from litestar import MediaType, Request, Response
 from litestar.exceptions import (
     HTTPException,
     MethodNotAllowedException,
@@ -30,7 +31,7 @@ from ..errors import (
     PoolBusyError,
     ShuttingDownError,
 )
-from ..status import ErrorBody, ErrorResponse
+from .envelopes import ApiError, error_bytes
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ _HTTP_TYPES = {
 
 
 def error_response(
+    request: Request[Any, Any, Any],
     status: int,
     message: str,
     *,
@@ -69,21 +71,28 @@ def error_response(
     param: str | None = None,
     code: str | None = None,
     headers: dict[str, str] | None = None,
-) -> Response[ErrorResponse]:
-    body = ErrorResponse(error=ErrorBody(message=message, type=type_, param=param, code=code))
-    return Response(body, status_code=status, headers=headers)
+) -> Response[bytes]:
+    error = ApiError(status=status, message=message, type=type_, param=param, code=code)
+    body = error_bytes(request.url.path, error)
+    return Response(body, status_code=status, headers=headers, media_type=MediaType.JSON)
 
 
 def status_of(exc: MlxRouterError) -> int:
     return next((status for cls, status in _STATUS if isinstance(exc, cls)), 500)
 
 
-def handle_domain_error(_: Request[Any, Any, Any], exc: MlxRouterError) -> Response[ErrorResponse]:
+def handle_domain_error(request: Request[Any, Any, Any], exc: MlxRouterError) -> Response[bytes]:
     headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, PoolBusyError) else None
     if isinstance(exc, ShuttingDownError):
         headers = {"Retry-After": "5", "Connection": "close"}
     return error_response(
-        status_of(exc), exc.message, type_=exc.type, param=exc.param, code=exc.code, headers=headers
+        request,
+        status_of(exc),
+        exc.message,
+        type_=exc.type,
+        param=exc.param,
+        code=exc.code,
+        headers=headers,
     )
 
 
@@ -92,8 +101,8 @@ _AT = re.compile(r" - at `\$\.?([^`]*)`")
 
 
 def handle_validation_error(
-    _: Request[Any, Any, Any], exc: ValidationException
-) -> Response[ErrorResponse]:
+    request: Request[Any, Any, Any], exc: ValidationException
+) -> Response[bytes]:
     message, param = "The request body is not valid", None
     extra = exc.extra if isinstance(exc.extra, list) else []
     for item in extra:
@@ -105,7 +114,7 @@ def handle_validation_error(
         if "JSON" in detail or "decode" in detail.lower():
             message = "The request body is not valid JSON"
     return error_response(
-        400, message, type_="invalid_request_error", param=param, code="invalid_value"
+        request, 400, message, type_="invalid_request_error", param=param, code="invalid_value"
     )
 
 
@@ -129,9 +138,7 @@ def _describe_invalid(text: str, key: str) -> tuple[str, str | None]:
     return (f"Invalid `{param}`: {text}" if param else text), (param or None)
 
 
-def handle_http_error(
-    request: Request[Any, Any, Any], exc: HTTPException
-) -> Response[ErrorResponse]:
+def handle_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     status = exc.status_code
     type_, code = _HTTP_TYPES.get(status, ("server_error", None))
     message = exc.detail if status < 500 else "Internal server error"
@@ -140,14 +147,14 @@ def handle_http_error(
         message = f"{request.method} {request.url.path} is not an endpoint of this server"
     elif isinstance(exc, MethodNotAllowedException):
         message = f"{request.method} is not allowed on {request.url.path}"
-    return error_response(status, message, type_=type_, code=code, headers=exc.headers)
+    return error_response(request, status, message, type_=type_, code=code, headers=exc.headers)
 
 
-def handle_unexpected_error(
-    request: Request[Any, Any, Any], exc: Exception
-) -> Response[ErrorResponse]:
+def handle_unexpected_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "Internal server error", type_="server_error", code="internal_error")
+    return error_response(
+        request, 500, "Internal server error", type_="server_error", code="internal_error"
+    )
 
 
 EXCEPTION_HANDLERS = {

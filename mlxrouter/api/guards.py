@@ -9,7 +9,6 @@ import ipaddress
 import logging
 from collections.abc import Iterable
 
-import msgspec
 from litestar.enums import ScopeType
 from litestar.types import (
     ASGIApp,
@@ -20,6 +19,8 @@ from litestar.types import (
     Scope,
     Send,
 )
+
+from .envelopes import ApiError, error_bytes
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,6 @@ def is_allowed_host(host: str, allowed: frozenset[str]) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _error_body(message: str, type_: str, code: str) -> bytes:
-    error = {"message": message, "type": type_, "param": None, "code": code}
-    return msgspec.json.encode({"error": error})
 
 
 async def _send_error(send: Send, status: int, body: bytes) -> None:
@@ -81,12 +77,13 @@ def host_allowlist(allowed_hosts: Iterable[str]) -> type:
                 headers = dict(scope["headers"])
                 host = host_of(headers.get(b"host", b"").decode("latin-1"))
                 if not is_allowed_host(host, allowed):
-                    body = _error_body(
-                        "This Host is not allowed (add it to `allowed_hosts`)",
-                        "permission_error",
-                        "host_not_allowed",
+                    error = ApiError(
+                        status=403,
+                        message="This Host is not allowed (add it to `allowed_hosts`)",
+                        type="permission_error",
+                        code="host_not_allowed",
                     )
-                    await _send_error(send, 403, body)
+                    await _send_error(send, 403, error_bytes(scope["path"], error))
                     return
             await self.app(scope, receive, send)
 

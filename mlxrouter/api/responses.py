@@ -42,6 +42,10 @@ class AssistantMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
     #: null when the answer is only tool calls
     content: str | None
     tool_calls: list[ResponseToolCall] | None = None
+    # --- mlxrouter / mlx_lm.server extensions: a thinking model's reasoning (the text
+    # between its thinking markers), under both names clients read; omitted when empty ---
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 class TopLogprob(msgspec.Struct, kw_only=True):
@@ -72,11 +76,17 @@ class PromptTokensDetails(msgspec.Struct, kw_only=True):
     cached_tokens: int
 
 
+class CompletionTokensDetails(msgspec.Struct, kw_only=True):
+    #: completion tokens a thinking model spent reasoning (its thinking markers included)
+    reasoning_tokens: int
+
+
 class Usage(msgspec.Struct, kw_only=True):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails
+    completion_tokens_details: CompletionTokensDetails
 
 
 class ChatChoice(msgspec.Struct, kw_only=True):
@@ -94,11 +104,14 @@ class TextChoice(msgspec.Struct, kw_only=True):
 
 
 class Delta(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """What a chunk adds: `role` on the first, then `content` and/or `tool_calls`; the last
+    """What a chunk adds: `role` on the first, then `content`, `reasoning_content` +
+    `reasoning` (the same text, for clients that read either) and/or `tool_calls`; the last
     chunk of a choice has an empty delta and its `finish_reason`."""
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
     tool_calls: list[StreamedToolCall] | None = None
 
 

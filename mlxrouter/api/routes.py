@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import msgspec
-from litestar import MediaType, Request, Response, get, post
+from litestar import MediaType, Request, Response, get, head, post
 from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
@@ -20,10 +20,12 @@ from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 from litestar.types import AnyCallable
 
+from .. import __version__
+from ..config import ModelSettings
 from ..daemon import Daemon
 from ..engine import GenerationRequest
 from ..metrics import CONTENT_TYPE
-from ..status import ErrorResponse, Health, LoadAnswer, ModelCard, PoolStatus, UnloadAnswer
+from ..status import ErrorResponse, Health, LoadAnswer, ModelDetail, PoolStatus, UnloadAnswer
 from . import answers, convert
 from .responses import ChatCompletion, Completion, ModelList
 from .schemas import AdminModelRequest, ChatCompletionRequest, CompletionRequest
@@ -55,31 +57,33 @@ def _completion_route(paths: list[str], answer: type) -> Callable[[AnyCallable],
 async def chat_completions(
     request: Request[Any, Any, Any], state: State, data: JSONBody[ChatCompletionRequest]
 ) -> Response[Any] | Stream:
-    daemon = _daemon(state)
-    generation = convert.chat_request(data, default_max_tokens=daemon.config.default_max_tokens)
-    return await _complete(request, daemon, data, [generation], logprobs=bool(data.logprobs))
+    return await _complete(request, _daemon(state), data)
 
 
 @_completion_route(["/v1/completions", "/completions"], Completion)
 async def completions(
     request: Request[Any, Any, Any], state: State, data: JSONBody[CompletionRequest]
 ) -> Response[Any] | Stream:
-    daemon = _daemon(state)
-    generations = convert.completion_requests(
-        data, default_max_tokens=daemon.config.default_max_tokens
-    )
-    return await _complete(request, daemon, data, generations, logprobs=data.logprobs is not None)
+    return await _complete(request, _daemon(state), data)
 
 
 async def _complete(
-    request: Request[Any, Any, Any],
-    daemon: Daemon,
-    body: ChatCompletionRequest | CompletionRequest,
-    generations: list[GenerationRequest],
-    *,
-    logprobs: bool,
+    request: Request[Any, Any, Any], daemon: Daemon, body: ChatCompletionRequest | CompletionRequest
 ) -> Response[ChatCompletion | Completion] | Stream:
-    kind: Literal["chat", "text"] = "chat" if isinstance(body, ChatCompletionRequest) else "text"
+    limit = daemon.config.default_max_tokens
+    kind: Literal["chat", "text"]
+    build: Callable[[ModelSettings], list[GenerationRequest]]
+    if isinstance(body, ChatCompletionRequest):
+        kind, logprobs = "chat", bool(body.logprobs)
+
+        def build(settings: ModelSettings) -> list[GenerationRequest]:
+            return [convert.chat_request(body, settings, default_max_tokens=limit)]
+    else:
+        kind, logprobs = "text", body.logprobs is not None
+
+        def build(settings: ModelSettings) -> list[GenerationRequest]:
+            return convert.completion_requests(body, settings, default_max_tokens=limit)
+
     session = CompletionSession(
         daemon,
         kind,
@@ -87,7 +91,7 @@ async def _complete(
         adapters=body.adapters,
         keep_alive=convert.keep_alive(body.keep_alive),
     )
-    await session.open(generations)
+    await session.open(build)
     meta = answers.ResponseMeta(kind=kind, model=session.model, logprobs=logprobs)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -126,10 +130,26 @@ async def list_models(state: State) -> Response[bytes]:
 
 @get(
     ["/v1/models/{model_id:path}", "/models/{model_id:path}"],
-    responses={200: ResponseSpec(ModelCard, description="One model"), **_errors(401, 404)},
+    responses={200: ResponseSpec(ModelDetail, description="One model"), **_errors(401, 404)},
 )
-async def get_model(state: State, model_id: FromPath[str]) -> ModelCard:
-    return _daemon(state).model_card(model_id.lstrip("/"))
+async def get_model(state: State, model_id: FromPath[str]) -> ModelDetail:
+    return _daemon(state).model_detail(model_id.lstrip("/"))
+
+
+class ServerCard(msgspec.Struct, kw_only=True):
+    name: str = "mlxrouter"
+    version: str
+
+
+@get("/", include_in_schema=False)
+async def root() -> ServerCard:
+    """What answers here (agent CLIs probe `/` before anything else)."""
+    return ServerCard(version=__version__)
+
+
+@head("/", include_in_schema=False)
+async def root_head() -> None:
+    return None
 
 
 @get("/metrics", media_type=CONTENT_TYPE)
@@ -167,6 +187,8 @@ async def admin_unload(state: State, data: JSONBody[AdminModelRequest]) -> Unloa
 
 
 ROUTES = [
+    root,
+    root_head,
     chat_completions,
     completions,
     list_models,

@@ -22,6 +22,7 @@ Stop = Annotated[str, msgspec.Meta(max_length=256)] | StopList
 LogitBias = Annotated[
     dict[str, Annotated[float, msgspec.Meta(ge=-100, le=100)]], msgspec.Meta(max_length=1024)
 ]
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
 
 
 class StreamOptions(msgspec.Struct, kw_only=True):
@@ -50,6 +51,11 @@ class ChatMessage(msgspec.Struct, kw_only=True):
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    # --- mlxrouter / mlx_lm.server extensions ---
+    #: an earlier assistant turn's reasoning, sent back as the answer gave it (either name);
+    #: passed to templates that render `reasoning_content`, dropped for the others
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 class _SamplingFields(msgspec.Struct, kw_only=True):
@@ -85,9 +91,19 @@ class ChatCompletionRequest(_SamplingFields, kw_only=True):
     logprobs: bool | Annotated[int, msgspec.Meta(ge=1, le=10)] | None = None
     top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
     max_completion_tokens: PositiveInt | None = None
+    #: "none" turns a thinking model's thinking off (`enable_thinking: false` for the template);
+    #: other values reach templates that read `reasoning_effort`
+    reasoning_effort: ReasoningEffort | None = None
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    # --- mlxrouter / mlx_lm.server extensions ---
+    #: variables for the chat template, e.g. {"enable_thinking": false}
+    chat_template_kwargs: dict[str, Any] | None = None
+    #: shorthand for chat_template_kwargs.enable_thinking (vLLM, SGLang)
+    enable_thinking: bool | None = None
+    #: as in Ollama: false turns thinking off, true on; "low"/"medium"/"high" set the effort
+    think: bool | Literal["low", "medium", "high"] | None = None
     # --- extension: mlx_lm.server's prompt layout for models without a chat template ---
     role_mapping: dict[str, str] | None = None
     #: refused when present: a template is code the server would run for the client

@@ -15,14 +15,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import replace
-from typing import Any
+from typing import Any, overload
 
 from litestar import Request
 from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 from litestar.types import Receive, Scope, Send
 
+from ..config import ModelSettings
 from ..daemon import Daemon
 from ..engine import Chunk, Finished, GenerationRequest, GenerationStream
 from ..errors import ClientDisconnectedError, EngineError, MlxRouterError
@@ -68,24 +68,22 @@ class CompletionSession:
     def choices(self) -> int:
         return len(self._streams)
 
-    async def open(self, generations: Sequence[GenerationRequest]) -> None:
-        """Resolve the model, take the lease (loading it if needed) and submit every prompt;
-        returns once the engine has accepted them all. On failure the session is closed."""
+    async def open(self, build: Callable[[ModelSettings], list[GenerationRequest]]) -> None:
+        """Resolve the model, turn the request into engine requests with `build` (given the
+        model's request defaults), take the lease (loading it if needed) and submit them all;
+        returns once the engine has accepted them. On failure the session is closed."""
         try:
             target = self.daemon.target(self._model, self._adapters)
             self.model = target.requested
             self.record.resolved(target.requested)
+            generations = build(self.daemon.settings(target))
             for generation in generations:
                 self.record.log_prompt(generation)
             lease = await self._stack.enter_async_context(
                 self.daemon.lease(target, keep_alive=self._keep_alive)
             )
             self.record.leased(lease)
-            temperature = self.daemon.default_temperature(target)
             for generation in generations:
-                if generation.sampling.temperature is None:
-                    sampling = replace(generation.sampling, temperature=temperature)
-                    generation = replace(generation, sampling=sampling)  # noqa: PLW2901
                 self._streams.append(await self.daemon.generate(lease, generation))
             self._finished = [None] * len(self._streams)
             for stream in self._streams:
@@ -156,16 +154,32 @@ class CompletionSession:
 
     # ---- as they come --------------------------------------------------------------------------
 
-    async def events(self) -> AsyncIterator[tuple[int, Chunk | Finished]]:
+    @overload
+    def events(self) -> AsyncIterator[tuple[int, Chunk | Finished]]: ...
+
+    @overload
+    def events(self, heartbeat: float) -> AsyncIterator[tuple[int, Chunk | Finished] | None]: ...
+
+    async def events(
+        self, heartbeat: float | None = None
+    ) -> AsyncIterator[tuple[int, Chunk | Finished] | None]:
         """Every choice's events as they come, tagged with the choice's index, until each has
-        finished. An engine error is raised."""
+        finished. An engine error is raised. With a `heartbeat`, None is yielded after that
+        many seconds without an event (a long prefill), and the wait goes on."""
         merged: asyncio.Queue[tuple[int, Chunk | Finished | BaseException]] = asyncio.Queue()
         self._pumps = [
             asyncio.create_task(_pump(index, stream, merged))
             for index, stream in enumerate(self._streams)
         ]
         while not all(self._finished):
-            index, event = await merged.get()
+            if heartbeat is None:
+                index, event = await merged.get()
+            else:
+                try:  # a timed-out get() takes nothing from the queue; the pumps go on
+                    index, event = await asyncio.wait_for(merged.get(), heartbeat)
+                except TimeoutError:
+                    yield None
+                    continue
             if isinstance(event, BaseException):
                 raise event
             if isinstance(event, Chunk):

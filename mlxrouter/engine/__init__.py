@@ -13,14 +13,16 @@ Modules, one concern each (only those marked MLX import `mlx` / `mlx_lm`):
   prompt (KV) cache for prefix reuse.
 - `loading` (MLX): loads that never stall generation (weights read a slice per engine step,
   the tokenizer on a side thread), LoRA adapters sharing a loaded base's arrays, load errors.
-- `prompt`: a request's prompt tokens (chat template, role mapping) and its checks (token
+- `prompt`: a request's prompt tokens (chat template and its variables, role mapping, whether
+  the prompt left the model thinking) and its checks (token
   budget against the context, token ids in the vocabulary); pure over a tokenizer.
 - `sampling` (MLX): the sampler (seeded per request), logits processors (penalties, logit
   bias, the grammar mask) and which grammar a request needs; a token's logprobs.
 - `output` (MLX via mlx_lm's `TextStateMachine`): `SequenceOutput`, one sequence's tokens in,
-  `Chunk`s and `Finished` out: detokenizing, stop strings in text, tool-call segments.
+  `Chunk`s and `Finished` out: detokenizing, reasoning between thinking markers, stop strings in
+  text, tool-call segments.
 - `constrain` (MLX, llguidance): grammars for JSON schemas and forced tool calls, and the
-  logits processor that masks every token leaving the grammar.
+  logits processor that masks every token leaving the grammar (from `</think>` on).
 
 Importing this package, `types` or `bridge` loads no MLX; `Engine` is imported on first use.
 """

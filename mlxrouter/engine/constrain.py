@@ -1,7 +1,8 @@
 """Constrained decoding: llguidance works out which tokens keep the output inside a grammar,
 and an mlx_lm logits processor masks every other token. Two grammars: a JSON schema, for
 `response_format`, and a tool call in the model's `<tool_call>` format, for `tool_choice`
-`required` or a named function. Runs on the engine thread, like the rest of generation.
+`required` or a named function. A thinking model reasons freely first: the grammar starts
+after its end-of-thinking marker. Runs on the engine thread, like the rest of generation.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
 
 from ..errors import InvalidRequestError
+from .prompt import ReasoningTokens
 
 log = logging.getLogger(__name__)
 
@@ -114,5 +116,40 @@ def grammar_processor(
         fill_next_token_bitmask(matcher, bitmask, 0)
         allowed = np.unpackbits(bitmask.view(np.uint8), bitorder="little")[: logits.shape[-1]]
         return mx.where(mx.array(allowed.astype(bool)), logits, -mx.inf)
+
+    return process
+
+
+def after_reasoning(
+    grammar: LogitsProcessor, reasoning: ReasoningTokens, prompt_tokens: int
+) -> LogitsProcessor:
+    """`grammar` (made for a sequence with no prompt) applied to the answer after a thinking
+    model's reasoning: while the model reasons (a block the prompt opened, or one its first
+    token opens) the logits pass through untouched; from the end marker on, the grammar is fed
+    only the tokens after it. The first token may be the grammar's or the start marker."""
+    fed = 0  # generated tokens given to `reasoning`
+    opener = reasoning.markers.start_tokens
+    vocab_ids: mx.array | None = None
+
+    def process(tokens: mx.array, logits: mx.array) -> mx.array:
+        nonlocal fed, vocab_ids
+        generated = tokens.size - prompt_tokens
+        if not reasoning.answering and generated > fed:
+            new: list[int] = tokens[prompt_tokens + fed :].tolist()  # type: ignore[assignment]
+            for token in new:
+                reasoning.feed(token)
+                if reasoning.answering:
+                    break
+            fed = generated
+        if reasoning.answering:
+            return grammar(tokens[prompt_tokens + reasoning.answer_from :], logits)
+        if reasoning.state == "reasoning":
+            return logits
+        masked = grammar(tokens[prompt_tokens:], logits)  # the first token: the grammar's ...
+        if generated or len(opener) != 1:
+            return masked
+        if vocab_ids is None:
+            vocab_ids = mx.arange(logits.shape[-1])
+        return mx.where(vocab_ids == opener[0], logits, masked)  # ... or the start marker
 
     return process

@@ -9,6 +9,8 @@ queue and gets results back through futures and per-request `GenerationStream` c
 Each loaded model gets an mlx_lm `BatchGenerator`, so concurrent requests to one model decode
 together (continuous batching); the thread steps every busy model in turn, so requests to
 different models interleave fairly. Loads do not stall them either (see `loading`).
+The thread also sets MLX's buffer-cache limit and publishes MLX's memory figures after each
+command and turn (`loading.MemoryWatch`), so other threads never call MLX to read them.
 """
 
 from __future__ import annotations
@@ -28,9 +30,16 @@ from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prom
 
 from ..errors import EngineError, ModelLoadError
 from .bridge import Command, GenerationStream, Outbox, reject, resolve
-from .loading import LOAD_SLICE_BYTES, PendingLoads, adapter_on_base, free_memory
+from .loading import (
+    LOAD_SLICE_BYTES,
+    MemoryWatch,
+    MlxMemory,
+    PendingLoads,
+    adapter_on_base,
+    free_memory,
+)
 from .output import SequenceOutput
-from .prompt import check_token_ids, context_length, encode_prompt, token_budget
+from .prompt import check_token_ids, context_length, encode_prompt, thinking_markers, token_budget
 from .sampling import logits_processors, sampler_for
 from .types import GenerationRequest, LoadSpec, ModelInfo, Started
 
@@ -86,11 +95,15 @@ class Engine:
         name: str = "mlx-engine",
         prompt_cache_bytes: int = 256 * 2**20,
         load_slice_bytes: int = LOAD_SLICE_BYTES,
+        mlx_cache_bytes: int | None = None,
     ) -> None:
         #: KV caches kept per loaded entry for prefix reuse; 0 turns reuse off
         self.prompt_cache_bytes = prompt_cache_bytes
         #: weight bytes evaluated per engine step while a model loads
         self.load_slice_bytes = load_slice_bytes
+        #: MLX's buffer-cache limit (None: MLX's default) and figures
+        self.mlx_memory = MemoryWatch(mlx_cache_bytes)
+        self._started = threading.Event()
         self._commands: queue.SimpleQueue[Command | None] = queue.SimpleQueue()
         self._models: dict[str, _LoadedModel] = {}
         self._loads = PendingLoads(wake=self._wake, name=name)
@@ -99,6 +112,7 @@ class Engine:
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+        self._started.wait()  # the cache limit is set and the first figures are published
 
     # ---- event-loop side -------------------------------------------------------------------
 
@@ -133,6 +147,17 @@ class Engine:
         await self.call(lambda: self._submit(key, request, stream))
         return stream
 
+    async def count_tokens(self, key: str, request: GenerationRequest) -> int:
+        """The prompt's length in tokens, encoded as `generate` would (nothing is queued)."""
+
+        def count() -> int:
+            loaded = self._models.get(key)
+            if loaded is None:
+                raise EngineError(f"The model `{key}` is not loaded")
+            return len(encode_prompt(loaded.tokenizer, request))
+
+        return await self.call(count)
+
     async def set_prompt_cache_bytes(self, nbytes: int) -> None:
         """Resize every loaded model's prompt cache (a live config edit); caches over the new
         size drop their least recently used entries now, on the engine thread."""
@@ -145,8 +170,18 @@ class Engine:
 
         await self.call(resize)
 
+    async def set_mlx_cache_bytes(self, nbytes: int | None) -> None:
+        """Change MLX's buffer-cache limit (a live config edit; None: MLX's default); MLX
+        trims a cache over the new limit."""
+        await self.call(lambda: self.mlx_memory.set_cache_limit(nbytes))
+
+    def memory(self) -> MlxMemory:
+        """Any thread: MLX's active, cache and peak bytes as of the engine's last command or
+        turn (at most one idle poll, half a second, old)."""
+        return self.mlx_memory.figures
+
     def active_memory(self) -> int:
-        return int(mx.get_active_memory())
+        return self.mlx_memory.figures.active_bytes
 
     def close(self, timeout: float = 10.0) -> None:
         self._stop = True
@@ -161,8 +196,12 @@ class Engine:
     # ---- engine thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
-        # Streams are per thread: make this thread's default stream the one MLX work runs on.
-        self._stream = mx.default_stream(mx.default_device())
+        try:
+            # Streams are per thread: make this thread's default stream the one MLX work runs on.
+            self._stream = mx.default_stream(mx.default_device())
+            self.mlx_memory.set_cache_limit(self.mlx_memory.cache_bytes)
+        finally:
+            self._started.set()  # even if that failed: the constructor must not wait forever
         try:
             while not self._stop:
                 busy = any(m.sequences for m in self._models.values()) or self._loads.reading
@@ -170,6 +209,7 @@ class Engine:
                 self._outbox.flush()  # Started events and errors of the commands just run
                 self._step_all()
                 self._advance_loads()
+                self.mlx_memory.publish()
                 self._outbox.flush()  # this turn's tokens, one wake-up per event loop
         except BaseException as exc:  # the thread must report why it died, then stop
             log.exception("engine thread failed")
@@ -210,13 +250,14 @@ class Engine:
             except queue.Empty:
                 return
 
-    @staticmethod
-    def _execute(command: Command) -> None:
+    def _execute(self, command: Command) -> None:
         try:
             result = command.run()
         except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
             reject(command.future, exc)
         else:
+            # Published before the answer: whoever awaited a load or unload sees its effect.
+            self.mlx_memory.publish()
             resolve(command.future, result)
 
     def _start_load(self, spec: LoadSpec, loaded: asyncio.Future[ModelInfo]) -> None:
@@ -245,6 +286,7 @@ class Engine:
             info = self._register(
                 pending.spec, pending.model, tokenizer, pending.nbytes, pending.started
             )
+            self.mlx_memory.publish()
             for future in pending.waiters:
                 resolve(future, info)
 
@@ -283,6 +325,7 @@ class Engine:
             raise EngineError(f"The model `{key}` is not loaded")
         tokenizer = loaded.tokenizer
         prompt = encode_prompt(tokenizer, request)
+        thinking = thinking_markers(tokenizer, request, prompt)
         max_tokens = token_budget(request, len(prompt), loaded.info.context_length)
         check_token_ids(request, loaded.info.vocab_size)
         sampler = sampler_for(request.sampling)
@@ -292,6 +335,7 @@ class Engine:
             prompt_tokens=len(prompt),
             vocab_size=loaded.info.vocab_size,
             grammar_tokenizer=loaded.grammar_tokenizer,
+            thinking=thinking,
         )
         if loaded.batch is None:
             loaded.batch = BatchGenerator(loaded.model, stream=self._stream)
@@ -304,9 +348,13 @@ class Engine:
             all_tokens=[prompt[:cached]],
             samplers=[sampler],
             logits_processors=[processors],
-            stop_sequences=[make_stop_sequences(tokenizer, list(request.stop))],
+            # Stop strings end the answer, not its reasoning: with thinking markers they are
+            # found in the answer's text (SequenceOutput), not by mlx_lm's token matcher.
+            stop_sequences=[make_stop_sequences(tokenizer, [] if thinking else list(request.stop))],
         )
-        output = SequenceOutput(tokenizer, request, prompt_tokens=len(prompt), cached_tokens=cached)
+        output = SequenceOutput(
+            tokenizer, request, prompt_tokens=len(prompt), cached_tokens=cached, thinking=thinking
+        )
         loaded.sequences[uid] = _Sequence(stream, output)
         stream.emit(Started(prompt_tokens=len(prompt)))
 

@@ -5,7 +5,14 @@ then `PendingLoads.advance` evaluates them a slice per engine step, between the 
 of the models already loaded; the tokenizer, which makes no MLX arrays, loads meanwhile on a
 side thread. A weight or tokenizer file that fails to read fails only its own load.
 
-Engine thread only, except `PendingLoads.shutdown`.
+Building a model (or an adapter's LoRA layers) initialises every parameter with `mx.random`,
+and each draw extends MLX's global random state by a lazy node; the loaded weights replace the
+drawn ones, so nothing would ever evaluate that chain and it would stay for the life of the
+process (about 1.3 KB per parameter array, every load). `settle_random_state` evaluates it
+after every build, and after a failed one.
+
+Also the engine's other dealings with MLX's memory: freeing it, reading its figures, and its
+buffer-cache limit. Engine thread only, except `PendingLoads.shutdown`.
 """
 
 from __future__ import annotations
@@ -95,6 +102,7 @@ class PendingLoads:
             if spec.adapter_path is not None:
                 model = load_adapters(model, str(spec.adapter_path))
                 model.eval()
+            settle_random_state()
         except Exception as exc:  # noqa: BLE001 - any load failure is this model's, not ours
             free_memory()
             raise load_failed(spec, exc) from None
@@ -178,6 +186,7 @@ def adapter_on_base(
         model = load_adapters(model, str(adapter_path))
         model.eval()
         mx.eval(model.parameters())
+        settle_random_state()
     except Exception as exc:  # noqa: BLE001 - any load failure is this adapter's, not ours
         free_memory()
         raise load_failed(spec, exc) from None
@@ -190,9 +199,63 @@ def load_failed(spec: LoadSpec, exc: BaseException) -> ModelLoadError:
     return ModelLoadError(f"The {what} `{spec.key}` could not be loaded")
 
 
+@dataclass(frozen=True, slots=True)
+class MlxMemory:
+    """MLX's own figures (bytes), as the engine thread last read them."""
+
+    #: held by live arrays: weights, KV caches, a step's activations
+    active_bytes: int = 0
+    #: freed buffers MLX keeps for reuse instead of returning them to the system
+    cache_bytes: int = 0
+    #: the most active memory since the process started
+    peak_bytes: int = 0
+
+
+class MemoryWatch:
+    """MLX's buffer-cache limit, and its figures as the engine thread last read them.
+
+    MLX's counters are process-wide and its allocator updates them under a lock but reads them
+    without one, so only the engine thread reads them (`publish`); `figures` is one immutable
+    value, replaced in one assignment, that any thread may read."""
+
+    def __init__(self, cache_bytes: int | None) -> None:
+        #: the buffer-cache limit (process-wide); None: MLX's own default
+        self.cache_bytes = cache_bytes
+        self.figures = MlxMemory()
+        self._default: int | None = None  # MLX's limit before ours (MLX has no getter)
+
+    def set_cache_limit(self, nbytes: int | None) -> None:
+        """Engine thread: set (or, with None, restore) the limit; MLX trims a fuller cache."""
+        self.cache_bytes = nbytes
+        if nbytes is not None:
+            previous = int(mx.set_cache_limit(nbytes))
+            if self._default is None:
+                self._default = previous
+        elif self._default is not None:
+            mx.set_cache_limit(self._default)
+            self._default = None
+        self.publish()
+
+    def publish(self) -> None:
+        """Engine thread: read MLX's figures now."""
+        self.figures = MlxMemory(
+            active_bytes=int(mx.get_active_memory()),
+            cache_bytes=int(mx.get_cache_memory()),
+            peak_bytes=int(mx.get_peak_memory()),
+        )
+
+
+def settle_random_state() -> None:
+    """Evaluate MLX's global random state, collapsing the lazy chain that the parameter draws
+    of a model build left behind (see the module's docstring)."""
+    mx.eval(mx.random.state)
+
+
 def free_memory() -> None:
-    """Drop the last references to freed arrays, then hand MLX's buffers back to the OS."""
+    """Drop the last references to freed arrays (and any random chain a failed build left),
+    then hand MLX's buffers back to the OS."""
     gc.collect()
+    settle_random_state()
     mx.clear_cache()
 
 

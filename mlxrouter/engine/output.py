@@ -4,9 +4,11 @@
 `SequenceOutput` owns everything between a sampled token and an event: the streaming
 detokenizer, stop strings found in the text (not only on token boundaries), and the states
 of the text, matched on decoded text by mlx_lm's `TextStateMachine`: "normal" text is
-content, "tool" text is a tool call's body, parsed when the call ends, and reaching None
-means a stop string ended the answer. A new kind of segment (say, reasoning between
-`<think>` markers) is one more state here.
+content, "tool" text is a tool call's body, parsed when the call ends, "reasoning" text is a
+thinking model's reasoning (between its `<think>` markers: from the start when the prompt
+opened the block, or when the answer's first token opens it, in the "opening" state), and
+reaching None means a stop string ended the answer. Stop strings and tool calls belong to the
+answer, not to its reasoning.
 
 Engine thread only (the detokenizer and the logprobs are the engine's), but it keeps no MLX
 state of its own.
@@ -21,6 +23,7 @@ from typing import Any
 
 from mlx_lm.generate import TextStateMachine
 
+from .prompt import ThinkingMarkers
 from .sampling import token_logprob
 from .types import Chunk, Finished, GenerationRequest, TokenLogprob, ToolCall
 
@@ -31,13 +34,23 @@ class SequenceOutput:
     """Turns one sequence's tokens into the events to emit; see `feed`."""
 
     def __init__(
-        self, tokenizer: Any, request: GenerationRequest, *, prompt_tokens: int, cached_tokens: int
+        self,
+        tokenizer: Any,
+        request: GenerationRequest,
+        *,
+        prompt_tokens: int,
+        cached_tokens: int,
+        thinking: ThinkingMarkers | None = None,
     ) -> None:
         self._tokenizer = tokenizer
         self._detokenizer = tokenizer.detokenizer  # a fresh streaming detokenizer
-        machine = _text_machine(tokenizer, request)
-        # TextStateMachine state, or None with no stop strings and no tools
-        self._text_state: Any = machine.make_state("normal") if machine else None
+        self._machine = _text_machine(tokenizer, request, thinking)
+        # TextStateMachine state, or None with no stop strings, tools or thinking markers
+        self._text_state: Any = None
+        if self._machine is not None:
+            self._text_state = self._machine.make_state(_first_state(thinking))
+        #: which tokens are reasoning (counted, and whether the answer may still open a block)
+        self._reasoning = thinking.tracker() if thinking is not None else None
         self._tools = request.tools
         self._top_logprobs = request.logprobs
         self.prompt_tokens = prompt_tokens
@@ -58,21 +71,25 @@ class SequenceOutput:
         if reason != "stop":
             self._detokenizer.add_token(token)
             self.completion_tokens += 1
+            if self._reasoning is not None:
+                self._reasoning.feed(token)
         if reason is not None:
             self._detokenizer.finalize()
         text = self._detokenizer.last_segment
 
         stopped_by_text = False
         calls: list[ToolCall] = []
+        reasoning = ""
         if self._text_state is not None:
             self._text_state, segments = TextStateMachine.split(self._text_state, text)
+            segments += self._opening_decided()
             if reason is not None and self._text_state[0] is not None:
                 if is_eos or reason == "length":
                     self._text_state, rest, state = TextStateMachine.flush(self._text_state)
                     segments.append((state, rest))
                 else:  # a stop string matched on tokens: drop the held-back part of it
                     self._text_state, _ = TextStateMachine.discard(self._text_state)
-            text, calls, stopped_by_text = self._route_segments(segments)
+            text, reasoning, calls, stopped_by_text = self._route_segments(segments)
             if reason is not None and self._tool_text.strip():
                 body = self._tool_text  # the answer ended inside a call (no end marker)
                 parsed = self._parse_tool_calls(body)
@@ -85,8 +102,8 @@ class SequenceOutput:
         chosen: tuple[TokenLogprob, ...] = ()
         if self._top_logprobs is not None and reason != "stop":
             chosen = (token_logprob(tokenizer, logprobs, token, self._top_logprobs),)
-        if text or chosen or calls:
-            events.append(Chunk(text, chosen, tuple(calls)))
+        if text or chosen or calls or reasoning:
+            events.append(Chunk(text, chosen, tuple(calls), reasoning))
         if reason is None and not stopped_by_text:
             return events
         finish = "stop" if stopped_by_text or reason is None else reason
@@ -96,17 +113,35 @@ class SequenceOutput:
                 prompt_tokens=self.prompt_tokens,
                 completion_tokens=self.completion_tokens,
                 cached_tokens=self.cached_tokens,
+                reasoning_tokens=self._reasoning.reasoning if self._reasoning else 0,
             )
         )
         self.finished = True
         return events
 
+    def _opening_decided(self) -> list[tuple[str | None, str]]:
+        """Once the answer's first tokens did not open a thinking block, it may not open one
+        later: the text still held back is matched again from the plain "normal" state."""
+        if (
+            self._reasoning is None
+            or self._machine is None
+            or not self._reasoning.answering
+            or self._text_state[0] != "opening"
+        ):
+            return []
+        held = self._text_state[3]
+        self._text_state, segments = TextStateMachine.split(self._machine.make_state(), held)
+        return list(segments)
+
     def _route_segments(
         self, segments: list[tuple[str | None, str]]
-    ) -> tuple[str, list[ToolCall], bool]:
-        """Text of the "normal" state is content; text of the "tool" state is a call's body,
-        parsed when the state is left; reaching None means a stop string ended the answer."""
+    ) -> tuple[str, str, list[ToolCall], bool]:
+        """Text of the "normal" (and "opening") state is content; text of the "reasoning"
+        state is reasoning; text of the "tool" state is a call's body, parsed when the state
+        is left; reaching None means a stop string ended the answer. Returns the content, the
+        reasoning, the calls and whether a stop string ended the answer."""
         content: list[str] = []
+        reasoning: list[str] = []
         calls: list[ToolCall] = []
         for index, (state, piece) in enumerate(segments):
             last = index == len(segments) - 1
@@ -121,11 +156,13 @@ class SequenceOutput:
                         )
                     else:
                         calls += parsed
+            elif state == "reasoning":
+                reasoning.append(piece)
             elif state is None:
-                return "".join(content), calls, True
+                return "".join(content), "".join(reasoning), calls, True
             else:
                 content.append(piece)
-        return "".join(content), calls, False
+        return "".join(content), "".join(reasoning), calls, False
 
     def _parse_tool_calls(self, body: str) -> list[ToolCall] | None:
         """mlx_lm's parser for this model family; None when it cannot parse the body (the
@@ -150,10 +187,14 @@ class SequenceOutput:
         return calls
 
 
-def _text_machine(tokenizer: Any, request: GenerationRequest) -> TextStateMachine | None:
+def _text_machine(
+    tokenizer: Any, request: GenerationRequest, thinking: ThinkingMarkers | None
+) -> TextStateMachine | None:
     """Text-level states of an answer: a stop string ends it (transition to None, the string
     cut and partial matches held back); with tools, the model's tool-call markers switch to
-    the "tool" state, whose text is parsed by mlx_lm's tool parser for the model family."""
+    the "tool" state, whose text is parsed by mlx_lm's tool parser for the model family; with
+    thinking markers, the "reasoning" state lasts until the end marker. "opening" is "normal"
+    while the answer's first tokens may still open a thinking block."""
     transitions: dict[str, list[tuple[str, str | None]]] = {"normal": []}
     if request.tools and tokenizer.has_tool_calling:
         transitions["normal"].append((tokenizer.tool_call_start, "tool"))
@@ -161,6 +202,15 @@ def _text_machine(tokenizer: Any, request: GenerationRequest) -> TextStateMachin
         transitions["tool"] = [(end, "normal")] if end else []
     for stop in request.stop:
         transitions["normal"].append((stop, None))
+    if thinking is not None:
+        transitions["reasoning"] = [(thinking.end, "normal")]
+        transitions["opening"] = [(thinking.start, "reasoning"), *transitions["normal"]]
     if not any(transitions.values()):
         return None
     return TextStateMachine(transitions)
+
+
+def _first_state(thinking: ThinkingMarkers | None) -> str:
+    if thinking is None:
+        return "normal"
+    return "reasoning" if thinking.opened else "opening"

@@ -23,6 +23,7 @@ from .types import GenerationRequest, SamplingParams, TokenLogprob
 
 if TYPE_CHECKING:
     from .constrain import LogitsProcessor
+    from .prompt import ThinkingMarkers
 
 
 def sampler_for(sampling: SamplingParams) -> Callable[[mx.array], mx.array]:
@@ -63,10 +64,12 @@ def logits_processors(
     prompt_tokens: int,
     vocab_size: int,
     grammar_tokenizer: Callable[[], Any],
+    thinking: ThinkingMarkers | None = None,
 ) -> list[LogitsProcessor]:
     """mlx_lm's processors for the request's penalties and logit bias, then the grammar mask
     when the answer is constrained. `grammar_tokenizer` gives llguidance's tokenizer for the
-    model (costly to build: the caller makes it once, on the first constrained request)."""
+    model (costly to build: the caller makes it once, on the first constrained request). With
+    `thinking` markers the grammar constrains the answer only, from the end of its reasoning."""
     sampling = request.sampling
     processors: list[LogitsProcessor] = make_logits_processors(
         logit_bias=sampling.logit_bias,
@@ -77,11 +80,16 @@ def logits_processors(
     )
     constraint = grammar(tokenizer, request)
     if constraint is not None:
-        from .constrain import grammar_processor
+        from .constrain import after_reasoning, grammar_processor
 
-        processors.append(
-            grammar_processor(grammar_tokenizer(), constraint, prompt_tokens, vocab_size)
-        )
+        if thinking is None:
+            processor = grammar_processor(
+                grammar_tokenizer(), constraint, prompt_tokens, vocab_size
+            )
+        else:
+            answer = grammar_processor(grammar_tokenizer(), constraint, 0, vocab_size)
+            processor = after_reasoning(answer, thinking.tracker(), prompt_tokens)
+        processors.append(processor)
     return processors
 
 

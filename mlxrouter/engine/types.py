@@ -36,8 +36,7 @@ class ModelInfo:
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    #: None: the request named none (the daemon fills in the entry's default before generating)
-    temperature: float | None = None
+    temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
     min_p: float = 0.0
@@ -68,6 +67,11 @@ class GenerationRequest:
     #: the answer must be a call to one of `tools` (tool_choice `required` or a named function);
     #: forced by constrained decoding for models whose tool calls are `<tool_call>` JSON
     tool_call_required: bool = False
+    #: extra variables for the chat template (`enable_thinking`, `reasoning_effort`, ...)
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: a `max_tokens` beyond the room the context leaves is capped to that room, not refused
+    #: (Anthropic's surface: Claude Code always asks for 32000)
+    cap_max_tokens: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +99,13 @@ class ToolCall:
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
+    """What one step adds to an answer: its content `text`, the `reasoning` of a thinking
+    model (the text between its thinking markers, chat requests only), logprobs, tool calls."""
+
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()
     tool_calls: tuple[ToolCall, ...] = ()
+    reasoning: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +115,8 @@ class Finished:
     completion_tokens: int
     #: prompt tokens whose KV cache came from an earlier request (prefix reuse)
     cached_tokens: int = 0
+    #: completion tokens spent reasoning (thinking markers included)
+    reasoning_tokens: int = 0
 
 
 Event = Started | Chunk | Finished
