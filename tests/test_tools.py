@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 from conftest import running_daemon
-from toolmodel import make_random_tool_model, make_tool_model, tool_call_text
+from toolmodel import tool_call_text
 
 WEATHER_TOOL = {
     "type": "function",
@@ -57,13 +57,10 @@ TIME_TOOL = {
 
 
 @pytest.fixture(scope="module")
-def daemon(
-    tmp_path_factory: pytest.TempPathFactory, tiny_models: Path
-) -> Iterator[tuple[str, Any]]:
-    root = tmp_path_factory.mktemp("tool-models")
-    make_tool_model(root / "toolie")
-    make_random_tool_model(root / "wild", seed=7)
-    config = f"hf_cache: false\nmodel_dirs: [{root}, {tiny_models}]\npool: {{max_models: 3}}\n"
+def daemon(agent_models: Path, tiny_models: Path) -> Iterator[tuple[str, Any]]:
+    config = (
+        f"hf_cache: false\nmodel_dirs: [{agent_models}, {tiny_models}]\npool: {{max_models: 3}}\n"
+    )
     with running_daemon(config) as served:
         yield served
 
