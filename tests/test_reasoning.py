@@ -19,23 +19,11 @@ import pytest
 from conftest import running_daemon
 from thinkmodel import ANSWER, REASONING, WEAK_STEP_BIAS, make_thinking_chain_model
 from tinymodel import make_thinking_model
-from toolmodel import tool_call_pieces
+from toolmodel import CITY_TOOL, tool_call_pieces
 
 THOUGHT = "".join(REASONING)
 ANSWERED = "".join(ANSWER)
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-    },
-}
 CITY_SCHEMA = {
     "type": "object",
     "properties": {"city": {"enum": ["Paris", "Rome", "Oslo"]}, "sunny": {"type": "boolean"}},
@@ -257,7 +245,7 @@ def test_stop_strings_apply_to_the_answer_only(client: openai.OpenAI) -> None:
 
 @pytest.mark.parametrize("choice", ["auto", "required"])
 def test_a_tool_call_after_thinking_is_parsed(client: openai.OpenAI, choice: str) -> None:
-    fields = {"tools": [WEATHER_TOOL], "tool_choice": choice, "max_tokens": 80}
+    fields = {"tools": [CITY_TOOL], "tool_choice": choice, "max_tokens": 80}
     reply = ask(client, "tool-thinker", **fields)
     message = reply.choices[0].message
     assert reply.choices[0].finish_reason == "tool_calls"

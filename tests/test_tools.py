@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 from conftest import running_daemon
-from toolmodel import tool_call_text
+from toolmodel import CITY_TOOL, tool_call_text
 
 WEATHER_TOOL = {
     "type": "function",
@@ -29,19 +29,6 @@ WEATHER_TOOL = {
     },
 }
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
-# Tools whose every argument is an enum: a forced call by a random model is short and finite.
-CITY_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
-            "required": ["city"],
-            "additionalProperties": False,  # else a random model may invent endless keys
-        },
-    },
-}
 TIME_TOOL = {
     "type": "function",
     "function": {

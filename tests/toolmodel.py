@@ -178,3 +178,18 @@ def make_random_tool_model(folder: Path, *, seed: int = 0) -> Path:
     return make_tiny_model(
         folder, seed=seed, context=4096, tokenizer=lambda target: _write_tokenizer(target, [])[0]
     )
+
+
+# Tools whose every argument is an enum: a forced call by a random model is short and finite.
+CITY_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+            "required": ["city"],
+            "additionalProperties": False,  # else a random model may invent endless keys
+        },
+    },
+}

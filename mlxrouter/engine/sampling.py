@@ -30,7 +30,7 @@ def sampler_for(sampling: SamplingParams) -> Callable[[mx.array], mx.array]:
     """mlx_lm's sampler; a seeded request gets the same filters with its own PRNG key, so it
     repeats even while it shares a batch with other requests (mlx_lm's draws from the global
     random state)."""
-    temperature = 1.0 if sampling.temperature is None else sampling.temperature
+    temperature = sampling.temperature
     if sampling.seed is None or temperature == 0:
         sampler: Callable[[mx.array], mx.array] = make_sampler(
             temp=temperature,
