@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import yaml
@@ -64,12 +64,31 @@ class ModelSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=Tr
     top_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
     top_k: Annotated[int, msgspec.Meta(ge=0)] | None = None
     min_p: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    #: XTC sampling: its probability per token, and the threshold (at most 0.5)
+    xtc_probability: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    xtc_threshold: Annotated[float, msgspec.Meta(ge=0, le=0.5)] | None = None
     #: completion length when a request names none (never beyond the model's context)
     max_tokens: Annotated[int, msgspec.Meta(ge=1)] | None = None
     #: a system message prepended when a chat request has no system (or developer) message
     system_prompt: str | None = None
     #: chat-template variables, e.g. {enable_thinking: false}; a request's own keys win
     chat_template_kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
+    #: the chat template used instead of the model's own: inline Jinja (it has `{{` or `{%`)
+    #: or a file's path (`~` expanded, relative to the config file's folder); never a request's
+    chat_template: str | None = None
+    #: a context length below the model's own: prompts and `max_tokens` must fit it
+    context_length: Annotated[int, msgspec.Meta(ge=2)] | None = None
+    #: quantize the KV cache to this many bits (mlx_lm's quantized caches; such requests are
+    #: not batched); in groups of `kv_group_size`, once a sequence has `quantized_kv_start`
+    #: tokens (mlx_lm's default 5000)
+    kv_bits: Literal[2, 3, 4, 5, 6, 8] | None = None
+    kv_group_size: Literal[32, 64, 128] | None = None
+    quantized_kv_start: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    #: speculative decoding: a registry id whose model drafts tokens this one checks (a pool
+    #: entry of its own, sharing this model's tokenizer), and how many per step (default 3;
+    #: 0 turns drafting off)
+    draft_model: str | None = None
+    num_draft_tokens: Annotated[int, msgspec.Meta(ge=0, le=64)] | None = None
 
     def over(self, lower: ModelSettings) -> ModelSettings:
         """These settings, with `lower`'s filling whatever is unset here."""
@@ -79,6 +98,28 @@ class ModelSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=Tr
         }
         fields["chat_template_kwargs"] = {**lower.chat_template_kwargs, **self.chat_template_kwargs}
         return ModelSettings(**fields)
+
+
+def inline_template(value: str) -> bool:
+    """Whether a `chat_template` setting is Jinja itself (else it names a file)."""
+    return "{{" in value or "{%" in value
+
+
+class DistributedConfig(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One model served across machines by MLX's distributed runtime: `mlx.launch` starts
+    `mlx_lm.server` on every host (`distributed.py`); the first host is this one."""
+
+    #: one entry per rank (IPs for the ring backend); or `hostfile:`, as written by
+    #: `mlx.distributed_config`
+    hosts: list[str] | None = None
+    hostfile: str | None = None
+    backend: Literal["ring", "jaccl", "mpi"] = "ring"
+    #: tensor: every rank holds a slice of every layer; pipeline: a run of layers each
+    parallel: Literal["tensor", "pipeline"] = "tensor"
+    #: the Python that has mlx_lm on the hosts (default: this daemon's)
+    python: str | None = None
+    #: environment variables for every rank
+    env: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class ModelEntryConfig(ModelSettings, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -93,6 +134,27 @@ class ModelEntryConfig(ModelSettings, frozen=True, forbid_unknown_fields=True, k
     #: unload after this long idle; null: the pool's `idle_ttl`
     ttl: Duration | None = None
     trust_remote_code: bool = False
+    #: serve `path` across several machines (its own pool entry; see DistributedConfig)
+    distributed: DistributedConfig | None = None
+
+
+class UpstreamConfig(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Another OpenAI-compatible server whose models this daemon also serves (`upstreams.py`)."""
+
+    #: names it in /v1/models (`upstream`), errors, /health and metrics
+    name: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    #: its OpenAI base URL, ending in /v1 (http or https)
+    url: str
+    #: sent as `Authorization: Bearer <key>`
+    api_key: str | None = None
+    #: serve only these of its ids (before `prefix`); unset: all it lists
+    models: list[str] | None = None
+    #: prepended to its ids here (`office/` serves its `qwen` as `office/qwen`)
+    prefix: str = ""
+    #: seconds to wait for it to connect, answer, or send the next chunk of a stream
+    timeout: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+    #: seconds between polls of its /models (its model list, and whether it is up)
+    health_interval: Annotated[float, msgspec.Meta(gt=0)] = 10.0
 
 
 class Config(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -106,6 +168,8 @@ class Config(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     defaults: ModelSettings = msgspec.field(default_factory=ModelSettings)
     default_model: str | None = None
     pool: PoolConfig = msgspec.field(default_factory=PoolConfig)
+    #: other OpenAI-compatible servers whose models are served here too (local ids win)
+    upstreams: list[UpstreamConfig] = msgspec.field(default_factory=list)
     responses: ResponsesConfig = msgspec.field(default_factory=ResponsesConfig)
     api_key: str | None = None
     log_level: str = "info"
@@ -147,6 +211,25 @@ def _check_values(config: Config) -> None:
     for model_id, entry in config.models.items():
         if entry.path is not None and entry.model is not None:
             raise ValueError(f"`models.{model_id}` takes `path` or `model`, not both")
+        spread = entry.distributed
+        if spread is not None:
+            if entry.path is None:
+                raise ValueError(f"`models.{model_id}.distributed` needs the entry's `path`")
+            if (spread.hosts is None) == (spread.hostfile is None):
+                raise ValueError(
+                    f"`models.{model_id}.distributed` takes `hosts` or `hostfile`, one of them"
+                )
+            if spread.hosts is not None and len(spread.hosts) < 2:
+                raise ValueError(f"`models.{model_id}.distributed.hosts` needs two hosts or more")
+    names = [upstream.name for upstream in config.upstreams]
+    for index, upstream in enumerate(config.upstreams):
+        if not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?/v1/?", upstream.url):
+            raise ValueError(
+                f"`upstreams.{index}.url` must be an http(s) URL ending in /v1, "
+                f"such as http://192.168.1.20:8080/v1"
+            )
+    if len(set(names)) != len(names):
+        raise ValueError("`upstreams`: each entry needs a different `name`")
     if config.log_level.lower() not in {"debug", "info", "warning", "error", "critical"}:
         raise ValueError("`log_level` must be one of debug, info, warning, error, critical")
 

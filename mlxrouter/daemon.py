@@ -14,17 +14,19 @@ import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .config import Config, ModelSettings
+from .config import Config, DistributedConfig, ModelSettings
+from .distributed import Groups, RoutedLoader
 from .engine import GenerationRequest, GenerationStream
-from .errors import ShuttingDownError
+from .errors import InvalidRequestError, MlxRouterError, ShuttingDownError
 from .metrics import Metrics
 from .pool import Lease, Pool, PoolLimits
-from .registry import Registry, RegistryDiff, build_registry, diff_registries
+from .registry import Registry, RegistryDiff, build_registry, diff_registries, with_remote
 from .reloader import Reloader
 from .status import (
     Health,
@@ -32,15 +34,19 @@ from .status import (
     ModelDetail,
     PoolEntryStatus,
     PoolStatus,
+    WorkerGroupStatus,
     health,
     model_card,
     model_cards,
     seconds_or_none,
+    shown_settings,
 )
-from .targets import Target, resolve
+from .targets import ModelLease, Target, draft_lease, draft_target, model_options, resolve
+from .upstreams import RemoteLease, Upstreams
 
 if TYPE_CHECKING:
     from .engine import Engine
+    from .remote import RemoteStream
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +70,10 @@ def pool_limits(config: Config) -> PoolLimits:
     )
 
 
+def distributed_entries(registry: Registry) -> dict[str, DistributedConfig]:
+    return {e.id: e.options.distributed for e in registry if e.options.distributed is not None}
+
+
 class Daemon:
     """Event-loop side. With `watch=True` the config file's folder, the model folders and the
     HF cache are watched and changes applied live (`reloader.py`)."""
@@ -80,13 +90,19 @@ class Daemon:
         from .engine import Engine  # mlx loads here, when a daemon is built, not on import
 
         self.config = config
-        self.registry = registry if registry is not None else build_registry(config)
+        #: the local snapshot (config, folders, HF cache); `registry` adds the upstreams' ids
+        self.local_registry = registry if registry is not None else build_registry(config)
+        self.registry = self.local_registry
         self.engine: Engine = Engine(
             prompt_cache_bytes=config.pool.prompt_cache_bytes,
             mlx_cache_bytes=config.pool.mlx_cache_bytes,
         )
-        self.pool = Pool(self.engine, pool_limits(config))
+        #: the worker groups of `distributed:` entries; the pool loads them like models
+        self.groups = Groups()
+        self.groups.configure(distributed_entries(self.local_registry))
+        self.pool = Pool(RoutedLoader(self.engine, self.groups), pool_limits(config))
         self.metrics = Metrics(self.pool, self.engine.memory)
+        self.upstreams = Upstreams(self._upstreams_changed, self.metrics.upstreams)
         self.reloader = Reloader(config_path, overrides or {}, lambda: self.config, self.apply)
         self.draining = False
         self._watch = watch
@@ -98,6 +114,7 @@ class Daemon:
         self._reaper = asyncio.create_task(self._reap_idle(), name="pool-reaper")
         if self._watch:
             self.reloader.start_watching()
+        await self.upstreams.start(self.config.upstreams)  # their ids are listed from the start
         for entry in self.registry:
             if entry.options.preload:
                 try:
@@ -107,10 +124,12 @@ class Daemon:
 
     async def stop(self) -> None:
         await self.reloader.stop()
+        await self.upstreams.stop()
         if self._reaper is not None:
             self._reaper.cancel()
             await asyncio.gather(self._reaper, return_exceptions=True)
         await self.pool.close()
+        await self.groups.close()  # a group still starting is not in the pool's loaded set
         await asyncio.to_thread(self.engine.close)
 
     async def _reap_idle(self) -> None:
@@ -136,8 +155,12 @@ class Daemon:
         """Swap a new config and registry in (one assignment each): requests in flight finish
         on what they leased; entries whose files changed or went away unload once idle; the
         pool's limits, the engine's prompt-cache size and MLX's cache limit follow the config."""
-        diff = diff_registries(self.registry, registry)
-        self.registry, self.config = registry, config
+        old = self.registry
+        self.local_registry, self.config = registry, config
+        self.groups.configure(distributed_entries(registry))
+        await self.upstreams.apply(config.upstreams)
+        self.registry = with_remote(registry, self.upstreams.entries())
+        diff = diff_registries(old, self.registry)
         if diff:
             log.info(
                 "registry rebuilt: +%d -%d ~%d",
@@ -155,6 +178,11 @@ class Daemon:
             await self.engine.set_mlx_cache_bytes(config.pool.mlx_cache_bytes)
         return diff
 
+    def _upstreams_changed(self) -> None:
+        """An upstream's model list or up/down state changed: swap a snapshot with it in.
+        Local entries are untouched (local ids win), so the pool has nothing to drop."""
+        self.registry = with_remote(self.local_registry, self.upstreams.entries())
+
     # ---- what the daemon says about itself ---------------------------------------------------
 
     def loaded_ids(self) -> frozenset[str]:
@@ -162,14 +190,23 @@ class Daemon:
 
     def model_cards(self) -> list[ModelCard]:
         """Every id and alias of the current snapshot, sorted."""
-        return model_cards(self.registry, self.loaded_ids())
+        return model_cards(self.registry, self.loaded_ids(), self._context_cap)
+
+    def _context_cap(self, name: str) -> int | None:
+        """An id's `context_length` setting (a cap below the model's own)."""
+        try:
+            return self.settings(self.target(name, None)).context_length
+        except MlxRouterError:  # an id the snapshot lists but cannot resolve: no cap
+            return None
 
     def model_detail(self, name: str) -> ModelDetail:
         """One id's card and the request defaults in effect for it."""
         registry = self.registry
-        card = model_card(registry, name, registry.resolve(name), self.loaded_ids())
         settings = self.settings(self.target(name, None))
-        return ModelDetail(**msgspec.structs.asdict(card), settings=settings)
+        card = model_card(
+            registry, name, registry.resolve(name), self.loaded_ids(), settings.context_length
+        )
+        return ModelDetail(**msgspec.structs.asdict(card), settings=shown_settings(settings))
 
     def health(self) -> Health:
         reasons = [f"config error: {self.reloader.error}"] if self.reloader.error else []
@@ -177,13 +214,17 @@ class Daemon:
             reasons.append("the generation engine has stopped")
         if self.draining:
             reasons.append("shutting down")
+        reasons += self.upstreams.reasons()
+        reasons += self.groups.reasons()
         loaded = [e.key for e in self.pool.entries() if e.loaded]
         return health(reasons, len(self.registry), loaded)
 
     def busy(self) -> bool:
         """Requests in flight, waiting for room, or a load under way (the drain waits)."""
         entries = self.pool.entries()
-        return self.pool.queue_depth > 0 or any(e.in_flight or not e.loaded for e in entries)
+        if self.pool.queue_depth > 0 or self.upstreams.in_flight > 0:
+            return True
+        return any(e.in_flight or not e.loaded for e in entries)
 
     def pool_status(self) -> PoolStatus:
         """What is loaded, for `GET /admin/pool` and `mlxrouter ps`. No filesystem paths."""
@@ -204,6 +245,7 @@ class Daemon:
                     pinned=entry.pinned,
                     expires_at=None if expires is None else round(now_wall + expires, 3),
                     load_seconds=entry.info.load_seconds if entry.info else None,
+                    worker=self._worker_status(entry.key),
                 )
             )
         limits = pool.limits
@@ -223,6 +265,18 @@ class Daemon:
             mlx_peak_bytes=mlx.peak_bytes,
         )
 
+    def _worker_status(self, key: str) -> WorkerGroupStatus | None:
+        group = self.groups.group(key)
+        if group is None:
+            return None
+        return WorkerGroupStatus(
+            state=group.state,
+            reason=group.reason or None,
+            pid=group.pid,
+            port=group.port or None,
+            restarts=group.restarts,
+        )
+
     # ---- requests ----------------------------------------------------------------------------
 
     def target(self, model: str | None, adapter: str | None) -> Target:
@@ -235,26 +289,68 @@ class Daemon:
 
     @asynccontextmanager
     async def lease(
-        self, target: Target, *, keep_alive: float | None = None
+        self,
+        target: Target,
+        *,
+        keep_alive: float | None = None,
+        request: GenerationRequest | None = None,
     ) -> AsyncIterator[Lease]:
-        """Hold `target` loaded for the block (loading it, evicting idle entries if needed)."""
+        """Hold `target` loaded for the block (loading it, evicting idle entries if needed),
+        and its draft model if its settings or `request` name one (`targets.draft_target`)."""
         if self.draining:
             raise ShuttingDownError("The server is shutting down")
-        async with self.pool.lease(target.lease_request(keep_alive)) as lease:
-            yield lease
+        remote = target.model.remote
+        if remote is not None:  # its upstream loads it; the pool does not count it
+            async with self.upstreams.hold(remote):
+                yield RemoteLease.of(target.model, remote)
+            return
+        folder = self.config_path.parent if self.config_path else None
+        settings = self.settings(target)
+        options = model_options(target, settings, folder, request)  # the engine's part
+        draft = draft_target(self.registry, settings, request)
+        async with (
+            self.pool.lease(target.lease_request(keep_alive)) as lease,
+            draft_lease(self.pool, draft) as draft_key,
+        ):
+            options = replace(options, draft=draft_key)
+            yield ModelLease(lease.key, lease.info, lease.loaded_now, options)
 
-    async def generate(self, lease: Lease, request: GenerationRequest) -> GenerationStream:
-        return await self.engine.generate(lease.key, request)
+    async def generate(
+        self, lease: Lease, request: GenerationRequest
+    ) -> GenerationStream | RemoteStream:
+        if isinstance(lease, RemoteLease):
+            return self.upstreams.generate(lease.remote, request, context=lease.info.context_length)
+        if self.groups.handles(lease.key):  # a worker group: forwarded to its rank 0
+            wait = self.config.pool.queue_timeout
+            return await self.groups.generate(lease.key, request, wait=wait)
+        return await self.engine.generate(lease.key, ModelLease.apply(lease, request))
 
     async def count_tokens(self, lease: Lease, request: GenerationRequest) -> int:
         """The prompt tokens `request` would have on the leased model (its own template)."""
-        return await self.engine.count_tokens(lease.key, request)
+        if isinstance(lease, RemoteLease):
+            raise InvalidRequestError(
+                f"Counting tokens is not available for `{lease.key}`: the upstream "
+                f"`{lease.remote.upstream}` serves it",
+                param="model",
+            )
+        if self.groups.handles(lease.key):
+            raise InvalidRequestError(
+                f"Counting tokens is not available for `{lease.key}`, served across machines",
+                param="model",
+            )
+        return await self.engine.count_tokens(lease.key, ModelLease.apply(lease, request))
 
     # ---- admin -------------------------------------------------------------------------------
 
     async def load(self, model: str, adapter: str | None = None) -> Target:
         """Load an entry now (admin); it stays until evicted or expired."""
         target = self.target(model, adapter)
+        if target.model.remote is not None:
+            raise InvalidRequestError(
+                f"`{target.key}` is served by the upstream `{target.model.remote.upstream}`, "
+                "which loads its models itself",
+                param="model",
+            )
         await self.pool.preload(target.lease_request())
         return target
 

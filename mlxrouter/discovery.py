@@ -64,6 +64,8 @@ class FoundModel:
     capabilities: tuple[str, ...] = ()
     #: weight bits from config.json's `quantization` section; None for unquantised weights
     quantization_bits: int | None = None
+    #: config.json's `model_type` ("llama", "qwen3", ...); None when absent (adapters)
+    architecture: str | None = None
 
 
 # --- field extraction --------------------------------------------------------------------
@@ -150,7 +152,13 @@ def describe_folder(model_id: str, path: Path, *, created: int | None = None) ->
         trusts_code=inspection.has_python or any(k in config for k in REMOTE_CODE_KEYS),
         capabilities=_capabilities(real) if inspection.kind == "model" else (),
         quantization_bits=_quantization_bits(config),
+        architecture=_architecture(config) if inspection.kind == "model" else None,
     )
+
+
+def _architecture(config: dict[str, Any]) -> str | None:
+    value = config.get("model_type")
+    return value if isinstance(value, str) and value else None
 
 
 def _chat_template(folder: Path) -> str | None:

@@ -81,3 +81,24 @@ class ShuttingDownError(MlxRouterError, code="shutting_down"):
 
 class GGUFConversionError(MlxRouterError, code="gguf_unsupported"):
     """A GGUF file cannot be converted (unsupported architecture or tensor type)."""
+
+
+class UpstreamError(MlxRouterError, code="upstream_error"):
+    """A remote upstream failed the request: it answered with an error of its own, or cut
+    its answer short. Messages name the upstream (never its URL or key)."""
+
+
+class UpstreamUnavailableError(UpstreamError, code="upstream_unavailable"):
+    """A remote upstream could not be reached (refused, unresolvable, connection lost)."""
+
+
+class UpstreamTimeoutError(UpstreamError, code="upstream_timeout"):
+    """A remote upstream did not answer (or send its next chunk) within its `timeout`."""
+
+
+class UpstreamRejectedError(InvalidRequestError, code="upstream_rejected"):
+    """A remote upstream refused the request as invalid (its 4xx); its message is passed on."""
+
+
+class UpstreamBusyError(PoolBusyError, code="upstream_busy"):
+    """A remote upstream answered 429 or 503: it is busy; retry later."""

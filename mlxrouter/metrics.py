@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -66,6 +66,39 @@ class _PoolCollector(Collector):
                 yield GaugeMetricFamily(f"mlxrouter_mlx_{name}_bytes", help_text, value=value)
 
 
+class UpstreamMetrics:
+    """Per remote upstream (labels are config names, so bounded): forwarded requests by how
+    they ended, failures, the wait for the upstream's answer, and whether it is up."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "mlxrouter_upstream_requests",
+            "Requests forwarded to an upstream, by its HTTP status (or unreachable, timeout, "
+            "broken, cancelled)",
+            ["upstream", "status"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "mlxrouter_upstream_errors",
+            "Forwarded requests that failed, by why",
+            ["upstream", "status"],
+            registry=registry,
+        )
+        self.response_seconds = Histogram(
+            "mlxrouter_upstream_response_seconds",
+            "From forwarding a request to the upstream's response headers",
+            ["upstream"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=registry,
+        )
+        self.up = Gauge(
+            "mlxrouter_upstream_up",
+            "1 while the upstream answers its polls",
+            ["upstream"],
+            registry=registry,
+        )
+
+
 class Metrics:
     def __init__(self, pool: Pool, memory: Callable[[], MlxFigures] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -97,6 +130,7 @@ class Metrics:
             buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
             registry=self.registry,
         )
+        self.upstreams = UpstreamMetrics(self.registry)
         self.registry.register(_PoolCollector(pool, memory))
 
     def render(self) -> bytes:

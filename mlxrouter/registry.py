@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 
-from .config import Config, ModelEntryConfig
+from .config import Config, DistributedConfig, ModelEntryConfig
 from .discovery import FoundModel, describe_folder, scan_hf_cache, scan_model_dir
 from .errors import ModelNotFoundError
 
@@ -29,21 +29,37 @@ class EntryOptions:
     #: seconds idle before unloading; None: the pool's idle_ttl
     ttl: float | None = None
     trust_remote_code: bool = False
+    #: served by a worker group across machines (`distributed.py`), not by the engine
+    distributed: DistributedConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteModel:
+    """Where a remote id is served: its upstream (by config name) and the upstream's own id."""
+
+    upstream: str
+    upstream_id: str
+    #: the upstream answered its last poll (and lists this id as available)
+    available: bool = True
+    #: the upstream says it has this id loaded (servers without the flag: true)
+    loaded: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class RegistryEntry:
-    """One servable id. Adapters name the registry id of their base in `base`."""
+    """One servable id. Adapters name the registry id of their base in `base`. A remote entry
+    (`remote` set) is served by an upstream; its `found` holds what the upstream's card says."""
 
     id: str
     found: FoundModel
-    source: str  # "config", "model_dir" or "hf_cache"
+    source: str  # "config", "model_dir", "hf_cache" or "remote"
     base: str | None = None
     options: EntryOptions = field(default_factory=EntryOptions)
+    remote: RemoteModel | None = None
 
     @property
     def kind(self) -> str:
-        return self.found.kind
+        return "remote" if self.remote is not None else self.found.kind
 
     @property
     def path(self) -> Path:
@@ -87,6 +103,7 @@ def _options(entry: ModelEntryConfig) -> EntryOptions:
         preload=entry.preload,
         ttl=entry.ttl,
         trust_remote_code=entry.trust_remote_code,
+        distributed=entry.distributed,
     )
 
 
@@ -178,6 +195,26 @@ def build_registry(config: Config) -> Registry:
     )
 
 
+def with_remote(local: Registry, remote: list[RegistryEntry]) -> Registry:
+    """`local` plus the upstreams' entries (in upstream order; the first upstream listing an
+    id serves it). A local id or alias wins over a remote one with the same name (logged)."""
+    entries = dict(local.entries)
+    for entry in remote:
+        if entry.id in local.entries or entry.id in local.aliases:
+            log.info("remote id %s (upstream %s) is served locally", entry.id, _upstream(entry))
+        elif entry.id in entries:
+            log.info("remote id %s of upstream %s is served by another", entry.id, _upstream(entry))
+        else:
+            entries[entry.id] = entry
+    if len(entries) == len(local.entries):
+        return local
+    return replace(local, entries=MappingProxyType(dict(sorted(entries.items()))))
+
+
+def _upstream(entry: RegistryEntry) -> str:
+    return entry.remote.upstream if entry.remote is not None else "?"
+
+
 @dataclass(frozen=True, slots=True)
 class RegistryDiff:
     """What a rebuild changed, by canonical id."""
@@ -192,13 +229,17 @@ class RegistryDiff:
 
 
 def diff_registries(old: Registry, new: Registry) -> RegistryDiff:
-    """Pure: compare two snapshots entry by entry."""
+    """Pure: compare two snapshots entry by entry (a distributed entry's hosts count)."""
     added = sorted(set(new.entries) - set(old.entries))
     removed = sorted(set(old.entries) - set(new.entries))
     changed = sorted(
         key
         for key in set(old.entries) & set(new.entries)
-        if (old.entries[key].found.fingerprint, old.entries[key].path, old.entries[key].base)
-        != (new.entries[key].found.fingerprint, new.entries[key].path, new.entries[key].base)
+        if _identity(old.entries[key]) != _identity(new.entries[key])
     )
     return RegistryDiff(tuple(added), tuple(removed), tuple(changed))
+
+
+def _identity(entry: RegistryEntry) -> tuple[object, ...]:
+    """What, changed, makes a loaded entry stale."""
+    return (entry.found.fingerprint, entry.path, entry.base, entry.options.distributed)

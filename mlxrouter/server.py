@@ -54,16 +54,21 @@ def setup_logging(level: str, *, log_file: Path | None = None) -> None:
         )
     # force: libraries imported earlier may have configured the root logger already.
     logging.basicConfig(level=level.upper(), format=LOG_FORMAT, handlers=handlers, force=True)
+    # httpx logs every request to an upstream (each health poll) at info: too chatty.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def ready_line(base_url: str, registry: Registry, default_model: str | None) -> str:
     """The one line `serve` prints once it listens: the OpenAI base URL, how many models the
     registry holds and which one a request without `model` gets (as `Daemon.target` picks)."""
     models = sum(1 for entry in registry if entry.kind == "model")
-    adapters = len(registry) - models
+    adapters = sum(1 for entry in registry if entry.kind == "adapter")
+    remote = len(registry) - models - adapters
     counts = f"{models} model{'' if models == 1 else 's'}"
     if adapters:
         counts += f", {adapters} adapter{'' if adapters == 1 else 's'}"
+    if remote:
+        counts += f", {remote} remote"
     default = default_model or only_model(registry)
     if default is None:
         default = "none"

@@ -8,12 +8,12 @@ builders are pure functions over a registry snapshot and the pool's entries. No 
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Literal
 
 import msgspec
 
-from .config import ModelSettings
+from .config import ModelSettings, inline_template
 from .registry import Registry, RegistryEntry
 
 
@@ -38,7 +38,8 @@ class ModelCard(msgspec.Struct, kw_only=True):
     created: int
     owned_by: str
     # --- mlxrouter extensions ---
-    kind: Literal["model", "adapter"]
+    #: "remote": served by the upstream named in `upstream` (`upstreams:` in the config)
+    kind: Literal["model", "adapter", "remote"]
     base: str | None
     loaded: bool
     context_length: int | None
@@ -49,14 +50,43 @@ class ModelCard(msgspec.Struct, kw_only=True):
     capabilities: list[str]
     quantization_bits: int | None
     size_bytes: int
+    #: remote ids: the upstream serving it (its config `name`)
+    upstream: str | None = None
+    #: false while its upstream is down
+    available: bool = True
+    #: config.json's `model_type` (Ollama's `general.architecture`); None when unknown
+    architecture: str | None = None
 
 
 class ModelDetail(ModelCard, kw_only=True):
     """`GET /v1/models/{id}`: the card, plus the request defaults in effect for this id (its
     `models:` entry over `defaults:`; null: not set, the request's or the built-in default
-    applies)."""
+    applies; a `chat_template` from a file is shown as `(file)`)."""
 
     settings: ModelSettings
+
+
+def shown_settings(settings: ModelSettings) -> ModelSettings:
+    """Settings as `GET /v1/models/{id}` shows them: a chat template read from a file is
+    shown as `(file)`, never its path (answers carry no filesystem paths)."""
+    template = settings.chat_template
+    if template is None or inline_template(template):
+        return settings
+    return msgspec.structs.replace(settings, chat_template="(file)")
+
+
+class WorkerGroupStatus(msgspec.Struct, kw_only=True):
+    """A distributed entry's worker group (`mlx.launch` running `mlx_lm.server`)."""
+
+    state: Literal["starting", "ready", "failed", "restarting"]
+    #: why it failed (its exit code), while it is being restarted
+    reason: str | None = None
+    #: the launcher's pid, also the process group of the ranks on this machine
+    pid: int | None = None
+    #: rank 0's private loopback port
+    port: int | None = None
+    #: restarts after it exited by itself
+    restarts: int = 0
 
 
 class PoolEntryStatus(msgspec.Struct, kw_only=True):
@@ -72,6 +102,8 @@ class PoolEntryStatus(msgspec.Struct, kw_only=True):
     #: Unix time an idle entry's ttl unloads it; null: never (or busy)
     expires_at: float | None
     load_seconds: float | None
+    #: distributed entries: their worker group
+    worker: WorkerGroupStatus | None = None
 
 
 class PoolStatus(msgspec.Struct, kw_only=True):
@@ -110,33 +142,53 @@ class Health(msgspec.Struct, kw_only=True):
 
 
 def model_card(
-    registry: Registry, model_id: str, entry: RegistryEntry, loaded: Collection[str]
+    registry: Registry,
+    model_id: str,
+    entry: RegistryEntry,
+    loaded: Collection[str],
+    context_cap: int | None = None,
 ) -> ModelCard:
     """`model_id` may be an alias of `entry`. An adapter answers like its base: its context,
-    capabilities and quantisation are the base's."""
+    capabilities and quantisation are the base's; `context_cap` (its `context_length`
+    setting) lowers the context shown."""
     found = entry.found
     model = (
         registry.entries.get(entry.base or "", entry).found if entry.kind == "adapter" else found
     )
+    remote = entry.remote
+    context = model.context_length
+    if context_cap is not None:
+        context = context_cap if context is None else min(context, context_cap)
     return ModelCard(
         id=model_id,
         created=found.created,
         owned_by=found.owned_by,
-        kind="adapter" if entry.kind == "adapter" else "model",
+        kind="remote" if remote else "adapter" if entry.kind == "adapter" else "model",
         base=entry.base,
-        loaded=entry.id in loaded,
-        context_length=model.context_length,
-        max_model_len=model.context_length,
+        loaded=remote.loaded if remote else entry.id in loaded,
+        context_length=context,
+        max_model_len=context,
         capabilities=list(model.capabilities),
         quantization_bits=model.quantization_bits,
         size_bytes=found.size_bytes,
+        upstream=remote.upstream if remote else None,
+        available=remote.available if remote else True,
+        architecture=model.architecture,
     )
 
 
-def model_cards(registry: Registry, loaded: Collection[str]) -> list[ModelCard]:
-    """Every id and alias of one snapshot, sorted by id."""
-    cards = [model_card(registry, e.id, e, loaded) for e in registry]
-    cards += [model_card(registry, a, registry.resolve(a), loaded) for a in registry.aliases]
+def model_cards(
+    registry: Registry,
+    loaded: Collection[str],
+    context_cap: Callable[[str], int | None] = lambda _: None,
+) -> list[ModelCard]:
+    """Every id and alias of one snapshot, sorted by id; `context_cap` gives an id's
+    `context_length` setting."""
+    cards = [model_card(registry, e.id, e, loaded, context_cap(e.id)) for e in registry]
+    cards += [
+        model_card(registry, a, registry.resolve(a), loaded, context_cap(a))
+        for a in registry.aliases
+    ]
     return sorted(cards, key=lambda card: card.id)
 
 

@@ -76,11 +76,13 @@ def start_mlxrouter(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     timeout: float = 180.0,
+    port: int = 0,
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start `python -m mlxrouter serve ARGS --port 0` (stderr, and stdout after the ready
     line, appended to `log`); returns (process, base URL without /v1) once it listens. Raises
-    RuntimeError with the log's tail if it exits or stays silent for `timeout` seconds."""
-    argv = [sys.executable, "-m", "mlxrouter", "serve", *args, "--port", "0"]
+    RuntimeError with the log's tail if it exits or stays silent for `timeout` seconds.
+    `port` other than 0: that port (a daemon restarted where its clients expect it)."""
+    argv = [sys.executable, "-m", "mlxrouter", "serve", *args, "--port", str(port)]
     with log.open("ab") as err:
         process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=err, cwd=cwd)
     assert process.stdout is not None

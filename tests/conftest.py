@@ -139,13 +139,18 @@ def watched_daemon(config_file: Path) -> Iterator[tuple[str, Any]]:
 
 @contextlib.contextmanager
 def spawned_daemon(
-    args: list[str], *, log: Path, env: dict[str, str] | None = None, timeout: float = 120
+    args: list[str],
+    *,
+    log: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    port: int = 0,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`python -m mlxrouter serve ARGS --port 0` as a real process; yields (base URL, process)
     once its ready line says where it listens (scripts/_harness.py, shared with the scripts).
-    Killed if still running at the end."""
+    Killed if still running at the end. `port`: a fixed port instead (a restart)."""
     process, url = start_mlxrouter(
-        args, log=log, env={**os.environ, **(env or {})}, timeout=timeout
+        args, log=log, env={**os.environ, **(env or {})}, timeout=timeout, port=port
     )
     try:
         yield url, process

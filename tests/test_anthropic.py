@@ -12,7 +12,7 @@ from typing import Any
 import anthropic
 import httpx
 import pytest
-from conftest import running_daemon
+from conftest import running_daemon, wait_until
 from thinkmodel import ANSWER, REASONING, make_thinking_chain_model
 from toolmodel import make_tool_model
 
@@ -270,7 +270,116 @@ def test_api_key_via_x_api_key(tiny_models: Path) -> None:
             assert sdk.messages.create(model="tiny-a", max_tokens=2, messages=ASK).content
 
 
+def test_stop_sequence_is_named(client: anthropic.Anthropic, daemon: tuple[str, Any]) -> None:
+    kwargs: dict[str, Any] = {
+        "model": "thinker",
+        "max_tokens": 40,
+        "messages": ASK,
+        "thinking": {"type": "disabled"},
+        "stop_sequences": ["nowhere", " is"],
+        "extra_body": {"temperature": 0},
+    }
+    reply = client.messages.create(**kwargs)
+    assert reply.content[0].text == ANSWER[0]  # type: ignore[union-attr]
+    assert (reply.stop_reason, reply.stop_sequence) == ("stop_sequence", " is")
+    with client.messages.stream(**kwargs) as stream:
+        final = stream.get_final_message()
+    assert final.content[0].text == ANSWER[0]  # type: ignore[union-attr]
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", " is")
+    # no stop string matched: end_turn, and no stop_sequence in the delta
+    body = {**kwargs, "stop_sequences": ["nowhere"], "stream": True}
+    del body["extra_body"]
+    raw = httpx.post(daemon[0] + "/v1/messages", json=body, timeout=60)
+    datas = [json.loads(line[6:]) for line in raw.text.splitlines() if line.startswith("data: ")]
+    (delta,) = [d["delta"] for d in datas if d["type"] == "message_delta"]
+    assert delta == {"stop_reason": "end_turn", "stop_sequence": None}
+
+
+def test_message_start_counts_the_prompt(client: anthropic.Anthropic) -> None:
+    kwargs: dict[str, Any] = {"model": "tiny-a", "max_tokens": 3, "messages": ASK}
+    counted = client.messages.count_tokens(model="tiny-a", messages=ASK).input_tokens
+    with client.messages.stream(**kwargs) as stream:
+        (start,) = [event for event in stream if event.type == "message_start"]
+        final = stream.get_final_message()
+    assert start.message.usage.input_tokens == final.usage.input_tokens == counted > 0
+
+
 # ---- the heartbeat: pings while nothing comes -----------------------------------------------
+
+
+@pytest.fixture
+def full_pool(
+    tiny_models: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[httpx.Client, Any]]:
+    """A served daemon with room for one model, taken by the pinned `tiny-b`: a request for
+    `tiny-a` waits for room (up to 3 s) until `tiny-b` is unloaded. Pings every 0.2 s."""
+    from mlxrouter.api.anthropic import answers
+
+    monkeypatch.setattr(answers, "PING_SECONDS", 0.2)
+    config = (
+        f"hf_cache: false\nmodel_dirs: [{tiny_models}]\n"
+        "pool: {max_models: 1, queue_timeout: 3}\nmodels: {tiny-b: {pinned: true}}\n"
+    )
+    with running_daemon(config) as (url, app), httpx.Client(base_url=url, timeout=60) as http:
+        assert http.post("/admin/load", json={"model": "tiny-b"}).status_code == 200
+        yield http, app
+
+
+def _events(lines: Iterator[str]) -> Iterator[str]:
+    """The event names of an SSE stream, as they come."""
+    for line in lines:
+        if line.startswith("event: "):
+            yield line[7:]
+
+
+ASK_TINY = {"model": "tiny-a", "max_tokens": 3, "messages": ASK, "stream": True}
+
+
+def test_pings_while_waiting_for_room_then_the_message(
+    full_pool: tuple[httpx.Client, Any],
+) -> None:
+    http, app = full_pool
+    with http.stream("POST", "/v1/messages", json=ASK_TINY) as reply:
+        assert reply.status_code == 200
+        names = _events(reply.iter_lines())
+        seen = [next(names), next(names)]
+        assert seen == ["ping", "ping"]  # still waiting: tiny-b holds the only room
+        assert http.post("/admin/unload", json={"model": "tiny-b"}).status_code == 200
+        seen += list(names)
+    assert seen[seen.index("message_start") - 1] == "ping"
+    assert seen[-2:] == ["message_delta", "message_stop"]
+    assert app.state.daemon.pool.is_loaded("tiny-a")
+    # the usage is known at message_start, after the wait
+    again = http.post("/v1/messages", json=ASK_TINY)
+    start = json.loads(again.text.split("data: ", 1)[1].split("\n", 1)[0])
+    assert start["type"] == "message_start"
+    assert start["message"]["usage"]["input_tokens"] > 0
+
+
+def test_a_wait_that_fails_after_the_pings_is_an_error_event(
+    full_pool: tuple[httpx.Client, Any],
+) -> None:
+    http, app = full_pool
+    reply = http.post("/v1/messages", json=ASK_TINY)
+    assert reply.status_code == 200  # the headers went out with the first ping
+    names = list(_events(iter(reply.text.splitlines())))
+    assert names[:2] == ["ping", "ping"] and names[-1] == "error"
+    assert "message_start" not in names
+    error = json.loads(reply.text.rsplit("data: ", 1)[1])
+    assert error["type"] == "error" and error["error"]["type"] == "overloaded_error"
+    assert all(entry.in_flight == 0 for entry in app.state.daemon.pool.entries())
+
+
+def test_a_client_gone_while_waiting_leaves_no_lease(full_pool: tuple[httpx.Client, Any]) -> None:
+    http, app = full_pool
+    pool = app.state.daemon.pool
+    with http.stream("POST", "/v1/messages", json=ASK_TINY) as reply:
+        assert next(_events(reply.iter_lines())) == "ping"
+    # the wait goes on without its client; once it gets room, what it took is let go
+    assert http.post("/admin/unload", json={"model": "tiny-b"}).status_code == 200
+    wait_until(lambda: pool.is_loaded("tiny-a"), what="tiny-a loaded")
+    wait_until(lambda: all(e.in_flight == 0 for e in pool.entries()), what="no lease held")
+    assert http.post("/v1/messages", json={**ASK_TINY, "stream": False}).status_code == 200
 
 
 class _SlowStream:

@@ -1,5 +1,6 @@
-"""The bad-input suite: every case gets the right status and one OpenAI error envelope, no
-traceback and no filesystem path; afterwards the daemon still serves and no lease is held."""
+"""The bad-input suite: every case gets the right status and the error envelope of the API it
+spoke to (OpenAI's, Anthropic's under /v1/messages, Ollama's under /api/), no traceback and no
+filesystem path; afterwards the daemon still serves and no lease is held."""
 
 from __future__ import annotations
 
@@ -21,6 +22,18 @@ def chat(**fields: Any) -> dict[str, Any]:
 
 def text(**fields: Any) -> dict[str, Any]:
     return {"model": "tiny-a", "prompt": "hi", "max_tokens": 2, **fields}
+
+
+def message(**fields: Any) -> dict[str, Any]:
+    return {"model": "tiny-a", "messages": OK_MESSAGES, "max_tokens": 2, **fields}
+
+
+def response(**fields: Any) -> dict[str, Any]:
+    return {"model": "tiny-a", "input": "hi", "max_output_tokens": 2, **fields}
+
+
+def ollama(**fields: Any) -> dict[str, Any]:
+    return {"model": "tiny-a", "messages": OK_MESSAGES, "options": {"num_predict": 2}, **fields}
 
 
 # (name, method, path, body or raw bytes, expected status, expected param or None)
@@ -281,6 +294,131 @@ CASES: list[tuple[str, str, str, Any, int, str | None]] = [
     ("GET on a POST route", "GET", "/v1/completions", None, 405, None),
     ("admin load unknown", "POST", "/admin/load", {"model": "nope"}, 404, "model"),
     ("admin load missing field", "POST", "/admin/load", {}, 400, "model"),
+    # ---- Anthropic Messages: Anthropic's envelope ----
+    ("messages: unknown model", "POST", "/v1/messages", message(model="nope"), 404, None),
+    ("messages: no max_tokens", "POST", "/v1/messages", {"model": "tiny-a"}, 400, None),
+    ("messages: max_tokens 0", "POST", "/v1/messages", message(max_tokens=0), 400, None),
+    ("messages: empty messages", "POST", "/v1/messages", message(messages=[]), 400, None),
+    ("messages: temperature 3", "POST", "/v1/messages", message(temperature=3), 400, None),
+    (
+        "messages: unknown tool_choice",
+        "POST",
+        "/v1/messages",
+        message(tool_choice={"type": "maybe"}),
+        400,
+        None,
+    ),
+    (
+        "messages: image block",
+        "POST",
+        "/v1/messages",
+        message(messages=[{"role": "user", "content": [{"type": "image", "source": {}}]}]),
+        400,
+        None,
+    ),
+    (
+        "messages: prompt longer than context",
+        "POST",
+        "/v1/messages?beta=true",
+        message(messages=[{"role": "user", "content": "x " * 600}], stream=True),
+        400,
+        None,
+    ),
+    ("messages: malformed JSON", "POST", "/v1/messages", b"{not json", 400, None),
+    (
+        "count_tokens: unknown model",
+        "POST",
+        "/v1/messages/count_tokens",
+        {"model": "nope", "messages": OK_MESSAGES},
+        404,
+        None,
+    ),
+    ("messages: GET", "GET", "/v1/messages", None, 405, None),
+    # ---- OpenAI Responses: OpenAI's envelope ----
+    ("responses: unknown model", "POST", "/v1/responses", response(model="nope"), 404, "model"),
+    (
+        "responses: unknown previous_response_id",
+        "POST",
+        "/v1/responses",
+        response(previous_response_id="resp_nope"),
+        404,
+        "previous_response_id",
+    ),
+    ("responses: empty input", "POST", "/v1/responses", response(input=""), 400, "input"),
+    ("responses: no message", "POST", "/v1/responses", response(input=[]), 400, "input"),
+    (
+        "responses: temperature 3",
+        "POST",
+        "/v1/responses",
+        response(temperature=3),
+        400,
+        "temperature",
+    ),
+    (
+        "responses: image input part",
+        "POST",
+        "/v1/responses",
+        response(input=[{"role": "user", "content": [{"type": "input_image"}]}]),
+        400,
+        "input",
+    ),
+    ("responses: malformed JSON", "POST", "/v1/responses", b"[1, 2", 400, None),
+    ("responses: GET unknown id", "GET", "/v1/responses/resp_nope", None, 404, None),
+    ("responses: DELETE unknown id", "DELETE", "/v1/responses/resp_nope", None, 404, None),
+    (
+        "responses: input_items of unknown id",
+        "GET",
+        "/v1/responses/resp_nope/input_items",
+        None,
+        404,
+        None,
+    ),
+    (
+        "responses: input_items limit 0",
+        "GET",
+        "/v1/responses/resp_nope/input_items?limit=0",
+        None,
+        400,
+        None,
+    ),
+    # ---- Ollama: Ollama's envelope ----
+    ("ollama chat: unknown model", "POST", "/api/chat", ollama(model="nope"), 404, None),
+    (
+        "ollama generate: unknown model",
+        "POST",
+        "/api/generate",
+        {"model": "nope", "prompt": "hi"},
+        404,
+        None,
+    ),
+    ("ollama show: unknown model", "POST", "/api/show", {"model": "nope"}, 404, None),
+    (
+        "ollama chat: temperature 3",
+        "POST",
+        "/api/chat",
+        ollama(options={"temperature": 3}),
+        400,
+        None,
+    ),
+    ("ollama chat: messages not a list", "POST", "/api/chat", ollama(messages="hi"), 400, None),
+    ("ollama chat: malformed JSON", "POST", "/api/chat", b"{not json", 400, None),
+    (
+        "ollama chat: prompt longer than context",
+        "POST",
+        "/api/chat",
+        ollama(messages=[{"role": "user", "content": "x " * 600}]),
+        400,
+        None,
+    ),
+    (
+        "ollama embed: not served",
+        "POST",
+        "/api/embed",
+        {"model": "tiny-a", "input": "hi"},
+        501,
+        None,
+    ),
+    ("ollama: unknown route", "GET", "/api/nothing", None, 404, None),
 ]
 
 
@@ -316,11 +454,20 @@ def test_bad_input(
         else:
             response = client.request(method, path, json=body)
         assert response.status_code == status, response.text
-        error = response.json()["error"]
-        assert set(error) == {"message", "type", "param", "code"}
-        assert isinstance(error["message"], str) and error["message"]
-        if param is not None:
-            assert error["param"] == param
+        body = response.json()
+        if path.startswith("/v1/messages"):
+            assert body["type"] == "error" and set(body["error"]) == {"type", "message"}
+            message = body["error"]["message"]
+        elif path.startswith("/api/"):
+            assert set(body) == {"error"}
+            message = body["error"]
+        else:
+            error = body["error"]
+            assert set(error) == {"message", "type", "param", "code"}
+            message = error["message"]
+            if param is not None:
+                assert error["param"] == param
+        assert isinstance(message, str) and message
         assert "Traceback" not in response.text
         assert str(tiny_models) not in response.text and "/tmp" not in response.text
         # Still serving, nothing left in flight.

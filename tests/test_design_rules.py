@@ -21,6 +21,8 @@ MLX_MODULES = {
     "mlxrouter.engine.sampling",
     "mlxrouter.engine.output",
     "mlxrouter.engine.constrain",
+    "mlxrouter.engine.prefix",
+    "mlxrouter.engine.solo",
 }
 MLX_PACKAGES = ("mlxrouter.gguf",)
 
@@ -34,6 +36,12 @@ FORBIDDEN = {
     "mlxrouter.daemon": ("mlxrouter.api",),
     "mlxrouter.pool": ("mlxrouter.api", "mlxrouter.daemon"),
     "mlxrouter.engine": ("mlxrouter.api", "mlxrouter.daemon", "mlxrouter.pool"),
+    # remote upstreams: the forwarding client knows only the engine's vocabulary; the health
+    # loop feeds the registry, and neither knows the daemon or HTTP serving
+    "mlxrouter.remote": ("mlxrouter.api", "mlxrouter.daemon", "mlxrouter.pool"),
+    "mlxrouter.upstreams": ("mlxrouter.api", "mlxrouter.daemon"),
+    # worker groups: processes and the pool's loader protocol; no MLX (the ranks import it)
+    "mlxrouter.distributed": ("mlxrouter.api", "mlxrouter.daemon", "mlxrouter.engine.engine"),
 }
 #: pure modules: plain data in, plain data out; no other project module but these
 PURE = {

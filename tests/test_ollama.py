@@ -83,6 +83,17 @@ def test_show_gives_context_length_and_capabilities(client: ollama.Client) -> No
     assert client.show("tiny-a:latest").capabilities == ["completion"]
 
 
+def test_architecture_is_the_models_own(client: ollama.Client) -> None:
+    """config.json's `model_type`, in `model_info` and as the details' family."""
+    shown = client.show("tiny-a")
+    info = shown.modelinfo or {}
+    assert info["general.architecture"] == "llama"
+    assert isinstance(info["llama.context_length"], int)
+    assert shown.details.family == "llama" and shown.details.families == ["llama"]
+    tags = {m.model: m for m in client.list().models}
+    assert tags["toolie"].details.family == "llama"  # type: ignore[union-attr]
+
+
 def test_thinking_is_a_capability_on_the_openai_cards_too(daemon: tuple[str, Any]) -> None:
     cards = {c["id"]: c for c in httpx.get(daemon[0] + "/v1/models").json()["data"]}
     assert "thinking" in cards["thinker"]["capabilities"]
@@ -120,6 +131,27 @@ def test_chat_streamed_matches_whole(client: ollama.Client) -> None:
     assert all(not p.done for p in parts[:-1]) and parts[-1].done
     assert "".join(p.message.content or "" for p in parts) == whole.message.content
     assert parts[-1].eval_count == whole.eval_count
+
+
+def test_durations_are_measured(client: ollama.Client, daemon: tuple[str, Any]) -> None:
+    """The engine times the prefill and the generation; the load is the wait for the lease,
+    which holds a load only when the model was not loaded."""
+    httpx.post(daemon[0] + "/admin/unload", json={"model": "tiny-b"}, timeout=30)
+    options = {"temperature": 0, "num_predict": 6}
+    loading = client.chat("tiny-b", messages=ASK, options=options)
+    loaded = client.chat("tiny-b", messages=ASK, options=options)
+    streamed = list(client.chat("tiny-b", messages=ASK, options=options, stream=True))[-1]
+    for reply in (loading, loaded, streamed):
+        assert reply.eval_count == 6  # random weights: no early end at temperature 0
+        parts = (reply.load_duration, reply.prompt_eval_duration, reply.eval_duration)
+        assert all(part and part > 0 for part in parts)
+        assert reply.total_duration and reply.total_duration >= sum(parts)  # type: ignore[arg-type]
+    assert loading.load_duration > 10 * loaded.load_duration  # type: ignore[operator]
+    # a tool call's text is held back until parsed, yet the generation is timed from its start
+    call = client.chat("toolie", messages=ASK, tools=[WEATHER_TOOL], options=GREEDY)
+    assert call.message.tool_calls
+    assert call.eval_duration and call.eval_duration > 0
+    assert call.prompt_eval_duration and call.prompt_eval_duration < call.total_duration  # type: ignore[operator]
 
 
 def test_stream_is_ndjson(daemon: tuple[str, Any]) -> None:

@@ -200,6 +200,56 @@ def test_previous_response_and_store(client: openai.OpenAI, url: str) -> None:
     assert gone.status_code == 404 and gone.json()["error"]["type"] == "invalid_request_error"
 
 
+def test_input_items_list_what_a_response_answered(client: openai.OpenAI, url: str) -> None:
+    first = client.responses.create(
+        model="toolie", input="Weather in Paris?", tools=[WEATHER_TOOL], max_output_tokens=40
+    )
+    (call,) = first.output
+    assert call.type == "function_call"
+    second = client.responses.create(
+        model="tiny-a",
+        previous_response_id=first.id,
+        input=[
+            {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"},
+            {"role": "user", "content": [{"type": "input_text", "text": "And tomorrow?"}]},
+        ],
+        max_output_tokens=2,
+    )
+    # the SDK's pager: every item used, earlier turns included, newest first by default
+    listed = list(client.responses.input_items.list(second.id))
+    assert [item.type for item in listed] == [
+        "message",
+        "function_call_output",
+        "function_call",
+        "message",
+    ]
+    newest, output, earlier_call, oldest = listed
+    assert newest.content[0].text == "And tomorrow?"  # type: ignore[union-attr]
+    assert output.output == "sunny"  # type: ignore[union-attr]
+    assert (earlier_call.id, earlier_call.call_id) == (call.id, call.call_id)  # type: ignore[union-attr]
+    assert oldest.role == "user" and oldest.content[0].type == "input_text"  # type: ignore[union-attr]
+    assert oldest.content[0].text == "Weather in Paris?"  # type: ignore[union-attr]
+    assert len({item.id for item in listed}) == 4 and all(item.id for item in listed)
+    # pages of two, oldest first, follow `after` until `has_more` is false
+    page = client.responses.input_items.list(second.id, limit=2, order="asc")
+    assert [item.id for item in page.data] == [item.id for item in reversed(listed)][:2]
+    assert page.has_more is True
+    assert [item.id for item in page] == [item.id for item in reversed(listed)]  # all pages
+    raw = httpx.get(f"{url}/v1/responses/{second.id}/input_items?limit=1").json()
+    assert raw["object"] == "list" and raw["has_more"] is True
+    assert raw["first_id"] == raw["last_id"] == listed[0].id
+    # unknown ids: 404 in the OpenAI envelope, through the SDK too
+    with pytest.raises(openai.NotFoundError):
+        client.responses.input_items.list("resp_nope")
+    missing = httpx.get(f"{url}/v1/responses/resp_nope/input_items")
+    assert missing.status_code == 404
+    assert set(missing.json()["error"]) == {"message", "type", "param", "code"}
+    for query in ("limit=0", "limit=101", "order=sideways", "after=item_nope"):
+        bad = httpx.get(f"{url}/v1/responses/{second.id}/input_items?{query}")
+        assert bad.status_code == 400, query
+        assert set(bad.json()["error"]) == {"message", "type", "param", "code"}
+
+
 def test_store_false_keeps_nothing(client: openai.OpenAI) -> None:
     reply = client.responses.create(model="tiny-a", input="Hi", max_output_tokens=2, store=False)
     with pytest.raises(openai.NotFoundError):

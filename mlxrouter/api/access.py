@@ -31,6 +31,8 @@ class RequestRecord:
         self.model = UNKNOWN_MODEL
         self.started = time.perf_counter()
         self.loaded_now = False
+        #: when the lease was held (loaded, or found loaded): Ollama's `load_duration` ends
+        self.leased_at: float | None = None
         self._first_token_seen = False
 
     def resolved(self, model_id: str) -> None:
@@ -42,6 +44,7 @@ class RequestRecord:
             log.info("%s model=%s prompt=%r", self.kind, self.model, prompt)
 
     def leased(self, lease: Lease) -> None:
+        self.leased_at = time.perf_counter()
         self.loaded_now = lease.loaded_now
         if lease.loaded_now:
             self.metrics.loads.labels(lease.key).inc()

@@ -43,7 +43,11 @@ def _sampling(
         repetition_penalty=body.repetition_penalty,
         repetition_context_size=body.repetition_context_size or 20,
         presence_penalty=body.presence_penalty or None,
+        presence_context_size=body.presence_context_size or 20,
         frequency_penalty=body.frequency_penalty or None,
+        frequency_context_size=body.frequency_context_size or 20,
+        xtc_probability=_first(body.xtc_probability, settings.xtc_probability, 0.0),
+        xtc_threshold=_first(body.xtc_threshold, settings.xtc_threshold, 0.1),
         logit_bias=bias,
         seed=body.seed,
     )
@@ -146,6 +150,8 @@ def chat_request(
         and (body.tool_choice == "required" or isinstance(body.tool_choice, dict)),
         json_schema=schema_of(body.response_format) if body.response_format else None,
         chat_template_kwargs={**settings.chat_template_kwargs, **template_kwargs(body)},
+        draft_model=body.draft_model,
+        num_draft_tokens=body.num_draft_tokens,
     )
 
 
@@ -236,6 +242,8 @@ def completion_requests(
             stop=stop,
             sampling=sampling,
             logprobs=body.logprobs,
+            draft_model=body.draft_model,
+            num_draft_tokens=body.num_draft_tokens,
         )
         for prompt in _prompts(body.prompt)
     ]

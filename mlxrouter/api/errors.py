@@ -30,6 +30,8 @@ from ..errors import (
     ModelTooLargeError,
     PoolBusyError,
     ShuttingDownError,
+    UpstreamError,
+    UpstreamTimeoutError,
 )
 from .envelopes import ApiError, error_bytes
 
@@ -44,6 +46,8 @@ _STATUS: list[tuple[type[MlxRouterError], int]] = [
     (EntryBusyError, 409),
     (ShuttingDownError, 503),
     (ModelTooLargeError, 507),
+    (UpstreamTimeoutError, 504),
+    (UpstreamError, 502),
     (ModelLoadError, 500),
     (EngineError, 500),
     (ConfigError, 500),

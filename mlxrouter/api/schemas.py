@@ -15,6 +15,9 @@ Temperature = Annotated[float, msgspec.Meta(ge=0, le=2)]
 Probability = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Penalty = Annotated[float, msgspec.Meta(ge=-2, le=2)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+ContextSize = Annotated[int, msgspec.Meta(ge=1, le=4096)]
+#: mlx_lm's XTC takes thresholds up to 0.5 only
+XtcThreshold = Annotated[float, msgspec.Meta(ge=0, le=0.5)]
 StopList = Annotated[
     list[Annotated[str, msgspec.Meta(max_length=256)]], msgspec.Meta(max_length=16)
 ]
@@ -78,9 +81,21 @@ class _SamplingFields(msgspec.Struct, kw_only=True):
     top_k: Annotated[int, msgspec.Meta(ge=0)] | None = None
     min_p: Probability | None = None
     repetition_penalty: Annotated[float, msgspec.Meta(gt=0, le=10)] | None = None
-    repetition_context_size: Annotated[int, msgspec.Meta(ge=1, le=4096)] | None = None
+    repetition_context_size: ContextSize | None = None
+    #: tokens the presence / frequency penalty looks back over (mlx_lm's default: 20)
+    presence_context_size: ContextSize | None = None
+    frequency_context_size: ContextSize | None = None
+    #: XTC ("exclude top choices"): with this probability per token, every token above
+    #: `xtc_threshold` but the least likely of them is removed (not newline or end-of-text)
+    xtc_probability: Probability | None = None
+    xtc_threshold: XtcThreshold | None = None
     #: an adapter id from the registry, applied to `model`
     adapters: str | None = None
+    #: speculative decoding (as mlx_lm.server): a registry id whose model drafts tokens for
+    #: `model` (it must share its tokenizer), and how many it drafts per step; 0 turns the
+    #: model's own draft off
+    draft_model: str | None = None
+    num_draft_tokens: Annotated[int, msgspec.Meta(ge=0, le=64)] | None = None
     #: as in Ollama: how long the model stays loaded after this request ("5m", seconds);
     #: 0 unloads it once idle, -1 keeps it loaded until unloaded
     keep_alive: str | float | None = None

@@ -24,14 +24,18 @@ from litestar.types import Receive, Scope, Send
 
 from ..config import ModelSettings
 from ..daemon import Daemon
-from ..engine import Chunk, Finished, GenerationRequest, GenerationStream
+from ..engine import Chunk, Finished, GenerationRequest, GenerationStream, Started
 from ..errors import ClientDisconnectedError, EngineError, MlxRouterError
+from ..remote import RemoteStream
 from ..units import Duration
 from .access import RequestRecord
 from .errors import status_of
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
+
+#: the engine's events for a local model, the upstream's for a remote one
+EventStream = GenerationStream | RemoteStream
 
 #: one choice's whole answer: its chunks and how it finished
 Answer = tuple[list[Chunk], Finished]
@@ -57,7 +61,9 @@ class CompletionSession:
         self._adapters = adapters
         self._keep_alive = keep_alive
         self._stack = AsyncExitStack()
-        self._streams: list[GenerationStream] = []
+        self._streams: list[EventStream] = []
+        #: each stream's `Started` (its prompt's tokens), once `open()` returned
+        self.started: list[Started] = []
         self._finished: list[Finished | None] = []
         self._pumps: list[asyncio.Task[None]] = []
         self._closed = False
@@ -79,31 +85,41 @@ class CompletionSession:
             generations = build(self.daemon.settings(target))
             for generation in generations:
                 self.record.log_prompt(generation)
-            lease = await self._stack.enter_async_context(
-                self.daemon.lease(target, keep_alive=self._keep_alive)
+            lease = await self._stack.enter_async_context(  # with its draft model, if any
+                self.daemon.lease(
+                    target,
+                    keep_alive=self._keep_alive,
+                    request=generations[0] if generations else None,  # none: a load only
+                )
             )
             self.record.leased(lease)
             for generation in generations:
                 self._streams.append(await self.daemon.generate(lease, generation))
             self._finished = [None] * len(self._streams)
             for stream in self._streams:
-                await stream.next_event()  # Started: the prompt was accepted
+                started = await stream.next_event()  # Started: the prompt was accepted
+                if isinstance(started, Started):
+                    self.started.append(started)
         except BaseException as exc:
             await self.close(status_of(exc) if isinstance(exc, MlxRouterError) else 500)
             raise
+        if self._closed:  # closed while this waited (a streamed answer's client left)
+            await self.close()  # lets go of what this took since
+            raise ClientDisconnectedError("The client closed the connection")
 
     async def close(self, status: int | None = None, finished: Sequence[Finished] = ()) -> None:
         """Cancel the streams still generating and release the lease; records the request
-        (499, client gone, unless a status is given). Safe to call more than once."""
-        if self._closed:
-            return
+        (499, client gone, unless a status is given). Safe to call more than once: a later
+        call releases what an `open()` still running at the first one took since."""
+        first = not self._closed
         self._closed = True
         for stream in self._streams:
             stream.cancel()
         for pump in self._pumps:
             pump.cancel()
         await self._stack.aclose()
-        self.record.done(499 if status is None else status, finished)
+        if first:
+            self.record.done(499 if status is None else status, finished)
 
     def finished(self) -> list[Finished]:
         """How each choice finished (after `events()` has ended)."""
@@ -142,7 +158,7 @@ class CompletionSession:
             raise ClientDisconnectedError("The client closed the connection")
         return collect.result()
 
-    async def _collect(self, stream: GenerationStream) -> Answer:
+    async def _collect(self, stream: EventStream) -> Answer:
         chunks: list[Chunk] = []
         async for event in stream:
             if isinstance(event, Chunk):
@@ -191,7 +207,7 @@ class CompletionSession:
 
 async def _pump(
     index: int,
-    stream: GenerationStream,
+    stream: EventStream,
     into: asyncio.Queue[tuple[int, Chunk | Finished | BaseException]],
 ) -> None:
     """Move one stream's events into the merged queue, tagged with its choice index."""

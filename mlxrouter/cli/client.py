@@ -131,7 +131,8 @@ def cmd_ps(args: argparse.Namespace) -> int:
             (
                 e.id,
                 f"adapter of {e.base}" if e.base else e.kind,
-                e.state,
+                # a distributed entry: its worker group's state (starting, failed, ...)
+                e.state if e.worker is None else f"{e.state} (group {e.worker.state})",
                 common.human_bytes(e.bytes),
                 str(e.in_flight),
                 _ago(e.last_used),

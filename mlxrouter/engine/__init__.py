@@ -3,14 +3,16 @@
 Modules, one concern each (only those marked MLX import `mlx` / `mlx_lm`):
 
 - `types`: the shared vocabulary, plain frozen dataclasses: `LoadSpec`, `ModelInfo`,
-  `SamplingParams`, `GenerationRequest` and the events `Started`, `Chunk` (with `TokenLogprob`,
-  `ToolCall`) and `Finished`.
+  `ModelOptions`, `SamplingParams`, `GenerationRequest` and the events `Started`, `Chunk` (with
+  `TokenLogprob`, `ToolCall`) and `Finished`.
 - `bridge`: the engine thread <-> event loop bridge: the command type, futures settled on
   their own loop, `GenerationStream` (one request's events) and the `Outbox` that hands a
   turn's events to each loop in one wake-up.
 - `engine` (MLX): `Engine`, the thread's loop and the public coroutines (`load`, `unload`,
-  `generate`, `call`, `close`), continuous batching with mlx_lm's `BatchGenerator`, and the
-  prompt (KV) cache for prefix reuse.
+  `generate`, `call`, `close`), continuous batching with mlx_lm's `BatchGenerator`.
+- `prefix` (MLX): `PrefixCache`, a loaded model's prompt (KV) cache for prefix reuse.
+- `solo` (MLX): requests the batch cannot take (a draft model, a quantized KV cache), run by
+  mlx_lm's own generators one token per engine turn; the draft's vocabulary check.
 - `loading` (MLX): loads that never stall generation (weights read a slice per engine step,
   the tokenizer on a side thread), LoRA adapters sharing a loaded base's arrays, load errors.
 - `prompt`: a request's prompt tokens (chat template and its variables, role mapping, whether
@@ -39,6 +41,7 @@ from .types import (
     GenerationRequest,
     LoadSpec,
     ModelInfo,
+    ModelOptions,
     SamplingParams,
     Started,
     TokenLogprob,
@@ -57,6 +60,7 @@ __all__ = [
     "GenerationStream",
     "LoadSpec",
     "ModelInfo",
+    "ModelOptions",
     "SamplingParams",
     "Started",
     "TokenLogprob",

@@ -8,7 +8,9 @@ queue and gets results back through futures and per-request `GenerationStream` c
 
 Each loaded model gets an mlx_lm `BatchGenerator`, so concurrent requests to one model decode
 together (continuous batching); the thread steps every busy model in turn, so requests to
-different models interleave fairly. Loads do not stall them either (see `loading`).
+different models interleave fairly. Requests the batch cannot take (a draft model, a quantized
+KV cache) run as solo sequences stepped in the same turns (see `solo`). Loads do not stall
+them either (see `loading`); the prompt cache is `prefix`.
 The thread also sets MLX's buffer-cache limit and publishes MLX's memory figures after each
 command and turn (`loading.MemoryWatch`), so other threads never call MLX to read them.
 """
@@ -26,7 +28,6 @@ from typing import Any, TypeVar
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, make_stop_sequences
-from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
 
 from ..errors import EngineError, ModelLoadError
 from .bridge import Command, GenerationStream, Outbox, reject, resolve
@@ -39,8 +40,17 @@ from .loading import (
     free_memory,
 )
 from .output import SequenceOutput
-from .prompt import check_token_ids, context_length, encode_prompt, thinking_markers, token_budget
+from .prefix import PrefixCache
+from .prompt import (
+    check_token_ids,
+    context_length,
+    effective_context,
+    encode_prompt,
+    thinking_markers,
+    token_budget,
+)
 from .sampling import logits_processors, sampler_for
+from .solo import Decoding, SoloSequence, end_solos, solo_plan, start_solo, step_solos
 from .types import GenerationRequest, LoadSpec, ModelInfo, Started
 
 log = logging.getLogger(__name__)
@@ -71,10 +81,16 @@ class _LoadedModel:
     model: Any
     tokenizer: Any
     info: ModelInfo
-    prompt_cache: Any  # mlx_lm LRUPromptCache: finished sequences' KV caches by token prefix
+    prefix: PrefixCache  # finished sequences' KV caches by token prefix
     batch: Any = None  # BatchGenerator, made on first use
     ll_tokenizer: Any = None  # llguidance's tokenizer, made on the first constrained request
     sequences: dict[int, _Sequence] = field(default_factory=dict)
+    #: requests the batch cannot take (a draft model, a quantized KV cache): `solo`
+    solos: list[SoloSequence] = field(default_factory=list)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.sequences or self.solos)
 
     def grammar_tokenizer(self) -> Any:
         """llguidance's tokenizer for this model, for the JSON and tool-call grammars."""
@@ -165,8 +181,7 @@ class Engine:
         def resize() -> None:
             self.prompt_cache_bytes = nbytes
             for loaded in self._models.values():
-                loaded.prompt_cache.max_bytes = nbytes
-                loaded.prompt_cache.trim_to(n_bytes=nbytes)
+                loaded.prefix.resize(nbytes)
 
         await self.call(resize)
 
@@ -204,7 +219,7 @@ class Engine:
             self._started.set()  # even if that failed: the constructor must not wait forever
         try:
             while not self._stop:
-                busy = any(m.sequences for m in self._models.values()) or self._loads.reading
+                busy = any(m.busy for m in self._models.values()) or self._loads.reading
                 self._drain_commands(block=not busy)
                 self._outbox.flush()  # Started events and errors of the commands just run
                 self._step_all()
@@ -217,6 +232,7 @@ class Engine:
             for loaded in self._models.values():
                 for seq in loaded.sequences.values():
                     seq.stream.emit(EngineError("The generation engine failed"))
+                end_solos(loaded.solos, EngineError("The generation engine failed"))
         finally:
             self._outbox.flush()
             self._loads.fail_all(EngineError("The generation engine stopped"))
@@ -228,6 +244,8 @@ class Engine:
         for loaded in list(self._models.values()):
             if loaded.sequences:
                 self._step_safely(loaded)
+            if loaded.solos:
+                step_solos(loaded.solos, loaded.spec.key)
 
     def _drain_commands(self, *, block: bool) -> None:
         """Run the queued commands. `block` (the engine is idle): wait for the first, then
@@ -302,7 +320,7 @@ class Engine:
             load_seconds=time.perf_counter() - started,
         )
         self._models[spec.key] = _LoadedModel(
-            spec, model, tokenizer, info, LRUPromptCache(max_bytes=self.prompt_cache_bytes)
+            spec, model, tokenizer, info, PrefixCache(spec.key, self.prompt_cache_bytes)
         )
         return info
 
@@ -311,8 +329,12 @@ class Engine:
         loaded = self._models.pop(key, None)
         if loaded is None:
             return
+        gone = EngineError(f"The model `{key}` was unloaded")
         for seq in loaded.sequences.values():
-            seq.stream.emit(EngineError(f"The model `{key}` was unloaded"))
+            seq.stream.emit(gone)
+        end_solos(loaded.solos, gone)
+        for other in self._models.values():  # sequences it was drafting for
+            end_solos(other.solos, gone, drafted_by=key)
         if loaded.batch is not None:
             loaded.batch.close()
         del loaded
@@ -323,53 +345,59 @@ class Engine:
         loaded = self._models.get(key)
         if loaded is None:
             raise EngineError(f"The model `{key}` is not loaded")
-        tokenizer = loaded.tokenizer
+        tokenizer, options = loaded.tokenizer, request.options
         prompt = encode_prompt(tokenizer, request)
         thinking = thinking_markers(tokenizer, request, prompt)
-        max_tokens = token_budget(request, len(prompt), loaded.info.context_length)
+        context = effective_context(loaded.info.context_length, options.context_length)
+        max_tokens = token_budget(request, len(prompt), context)
         check_token_ids(request, loaded.info.vocab_size)
-        sampler = sampler_for(request.sampling)
+        solo, draft, kind = solo_plan(request, loaded, self._models)
+        # A drafted sequence starts afresh (mlx_lm rewinds its caches).
+        cache, rest = (None, prompt) if draft else loaded.prefix.fetch(prompt, kind)
+        cached = len(prompt) - len(rest)
+        sampler = sampler_for(request.sampling, tokenizer)
         processors = logits_processors(
             request,
             tokenizer,
-            prompt_tokens=len(prompt),
+            # mlx_lm's solo generators show processors the tokens run, not the cached prefix
+            prompt_tokens=len(rest) if solo else len(prompt),
             vocab_size=loaded.info.vocab_size,
             grammar_tokenizer=loaded.grammar_tokenizer,
             thinking=thinking,
         )
-        if loaded.batch is None:
-            loaded.batch = BatchGenerator(loaded.model, stream=self._stream)
-        cache, rest = self._cached_prefix(loaded, prompt)
-        cached = len(prompt) - len(rest)
-        (uid,) = loaded.batch.insert(
-            [rest],
-            max_tokens=[max_tokens],
-            caches=[cache] if cache is not None else None,
-            all_tokens=[prompt[:cached]],
-            samplers=[sampler],
-            logits_processors=[processors],
-            # Stop strings end the answer, not its reasoning: with thinking markers they are
-            # found in the answer's text (SequenceOutput), not by mlx_lm's token matcher.
-            stop_sequences=[make_stop_sequences(tokenizer, [] if thinking else list(request.stop))],
-        )
+        # Stop strings end the answer, not its reasoning: with thinking markers they are
+        # found in the answer's text (SequenceOutput), not by mlx_lm's token matcher.
+        stop = make_stop_sequences(tokenizer, [] if thinking else list(request.stop))
+        decoding = Decoding(sampler, processors, max_tokens, stop)
         output = SequenceOutput(
             tokenizer, request, prompt_tokens=len(prompt), cached_tokens=cached, thinking=thinking
         )
-        loaded.sequences[uid] = _Sequence(stream, output)
-        stream.emit(Started(prompt_tokens=len(prompt)))
-
-    def _cached_prefix(self, loaded: _LoadedModel, prompt: list[int]) -> tuple[Any, list[int]]:
-        """The KV cache of the longest earlier sequence sharing a prefix with `prompt` (a
-        copy), and the prompt tokens still to process; at least one is always left to run."""
-        if self.prompt_cache_bytes <= 0:
-            return None, prompt
-        cache, rest = loaded.prompt_cache.fetch_nearest_cache(loaded.spec.key, prompt)
-        if cache is not None and not rest:
-            if not can_trim_prompt_cache(cache):
-                return None, prompt
-            trim_prompt_cache(cache, 1)  # the last token must run to give the next logits
-            rest = prompt[-1:]
-        return cache, list(rest)
+        if solo:
+            sequence = start_solo(
+                loaded.model,
+                rest,
+                (stream, output, decoding),
+                options=options,
+                mx_stream=self._stream,
+                cache=cache,
+                keep=lambda tokens, kv: loaded.prefix.keep(prompt + tokens, kv, kind),
+                draft=draft,
+            )
+            loaded.solos.append(sequence)
+        else:
+            if loaded.batch is None:
+                loaded.batch = BatchGenerator(loaded.model, stream=self._stream)
+            (uid,) = loaded.batch.insert(
+                [rest],
+                max_tokens=[max_tokens],
+                caches=[cache] if cache is not None else None,
+                all_tokens=[prompt[:cached]],
+                samplers=[sampler],
+                logits_processors=[processors],
+                stop_sequences=[stop],
+            )
+            loaded.sequences[uid] = _Sequence(stream, output)
+        stream.emit(Started(prompt_tokens=len(prompt), cached_tokens=cached))
 
     def _step_safely(self, loaded: _LoadedModel) -> None:
         """A failure while decoding fails that model's requests, not the thread."""
@@ -402,11 +430,8 @@ class Engine:
         for uid in finished:
             loaded.sequences.pop(uid, None)
         if finished:
-            # The batch drops sequences it finished itself; a stop string ends one early, and
-            # its KV cache is kept as a finished one's is (mlx_lm keeps cache and tokens in step).
-            keep = self.prompt_cache_bytes > 0
-            for cache, tokens in loaded.batch.remove(finished, return_prompt_caches=keep).values():
-                loaded.prompt_cache.insert_cache(loaded.spec.key, list(tokens), cache)
+            # The batch drops sequences it finished itself; a stop string ends one early.
+            loaded.prefix.keep_removed(loaded.batch, finished)
 
     def _deliver(self, loaded: _LoadedModel, seq: _Sequence, response: Any) -> bool:
         """Emit what one token makes of the answer (see `SequenceOutput`). True when the
@@ -416,13 +441,6 @@ class Engine:
             seq.stream.emit(event)
         if not seq.output.finished:
             return False
-        if (
-            response.finish_reason is not None
-            and response.prompt_cache is not None
-            and self.prompt_cache_bytes > 0
-        ):
-            # Keep the finished sequence's KV cache: a follow-up turn starts from it.
-            loaded.prompt_cache.insert_cache(
-                loaded.spec.key, list(response.all_tokens), response.prompt_cache
-            )
+        if response.finish_reason is not None and response.all_tokens is not None:
+            loaded.prefix.keep(list(response.all_tokens), response.prompt_cache)
         return True

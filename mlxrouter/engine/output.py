@@ -8,7 +8,8 @@ content, "tool" text is a tool call's body, parsed when the call ends, "reasonin
 thinking model's reasoning (between its `<think>` markers: from the start when the prompt
 opened the block, or when the answer's first token opens it, in the "opening" state), and
 reaching None means a stop string ended the answer. Stop strings and tool calls belong to the
-answer, not to its reasoning.
+answer, not to its reasoning. `Finished` names the stop string that ended the answer (matched in
+text here, or on tokens by mlx_lm's matcher) and times the prefill and the generation.
 
 Engine thread only (the detokenizer and the logprobs are the engine's), but it keeps no MLX
 state of its own.
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
+from collections import deque
 from typing import Any
 
 from mlx_lm.generate import TextStateMachine
@@ -58,6 +61,20 @@ class SequenceOutput:
         self.completion_tokens = 0
         self._tool_text = ""  # the body of the tool call being generated
         self._tool_calls = 0
+        self._stops = request.stop
+        #: mlx_lm matches stop strings on tokens too (not with thinking markers, see the
+        #: engine): their token ids, and the last tokens, tell which one it matched
+        self._stop_ids: list[tuple[str, tuple[int, ...]]] = []
+        if request.stop and thinking is None:
+            self._stop_ids = [
+                (stop, tuple(tokenizer.encode(stop, add_special_tokens=False)))
+                for stop in request.stop
+            ]
+        self._recent: deque[int] = deque(maxlen=max((len(t) for _, t in self._stop_ids), default=0))
+        #: the stop string that ended the answer, once one did
+        self.stop_sequence: str | None = None
+        self._accepted = time.perf_counter()
+        self._first_token: float | None = None
         #: the answer has ended: its `Finished` was returned
         self.finished = False
 
@@ -68,6 +85,10 @@ class SequenceOutput:
         tokenizer = self._tokenizer
         reason = finish_reason
         is_eos = reason == "stop" and token in tokenizer.eos_token_ids
+        if self._first_token is None:
+            self._first_token = time.perf_counter()
+        if self._stop_ids:
+            self._recent.append(token)
         if reason != "stop":
             self._detokenizer.add_token(token)
             self.completion_tokens += 1
@@ -81,7 +102,7 @@ class SequenceOutput:
         calls: list[ToolCall] = []
         reasoning = ""
         if self._text_state is not None:
-            self._text_state, segments = TextStateMachine.split(self._text_state, text)
+            self._text_state, segments = self._split(self._text_state, text)
             segments += self._opening_decided()
             if reason is not None and self._text_state[0] is not None:
                 if is_eos or reason == "length":
@@ -89,6 +110,7 @@ class SequenceOutput:
                     segments.append((state, rest))
                 else:  # a stop string matched on tokens: drop the held-back part of it
                     self._text_state, _ = TextStateMachine.discard(self._text_state)
+                    self.stop_sequence = self._stop_on_tokens()
             text, reasoning, calls, stopped_by_text = self._route_segments(segments)
             if reason is not None and self._tool_text.strip():
                 body = self._tool_text  # the answer ended inside a call (no end marker)
@@ -107,6 +129,8 @@ class SequenceOutput:
         if reason is None and not stopped_by_text:
             return events
         finish = "stop" if stopped_by_text or reason is None else reason
+        end = time.perf_counter()
+        first = self._first_token or end
         events.append(
             Finished(
                 finish_reason="tool_calls" if self._tool_calls and finish == "stop" else finish,
@@ -114,6 +138,9 @@ class SequenceOutput:
                 completion_tokens=self.completion_tokens,
                 cached_tokens=self.cached_tokens,
                 reasoning_tokens=self._reasoning.reasoning if self._reasoning else 0,
+                stop_sequence=self.stop_sequence if finish == "stop" else None,
+                prompt_seconds=first - self._accepted,
+                generation_seconds=end - first,
             )
         )
         self.finished = True
@@ -130,8 +157,28 @@ class SequenceOutput:
         ):
             return []
         held = self._text_state[3]
-        self._text_state, segments = TextStateMachine.split(self._machine.make_state(), held)
+        self._text_state, segments = self._split(self._machine.make_state(), held)
         return list(segments)
+
+    def _split(self, state: Any, text: str) -> tuple[Any, list[tuple[str | None, str]]]:
+        """`TextStateMachine.split`, noting the stop string when one ended the answer: the
+        text consumed (the held-back text, then `text`, less what is held back now) ends
+        with it."""
+        held = state[3]
+        state, segments = TextStateMachine.split(state, text)
+        if state[0] is None and self.stop_sequence is None:
+            seen = held + text
+            seen = seen[: len(seen) - len(state[3])]
+            ended = [stop for stop in self._stops if seen.endswith(stop)]
+            self.stop_sequence = max(ended, key=len, default=None)
+        return state, segments
+
+    def _stop_on_tokens(self) -> str | None:
+        """The stop string mlx_lm's token matcher found: the longest whose token ids end the
+        answer's tokens (the last of them included)."""
+        recent = tuple(self._recent)
+        ended = [stop for stop, ids in self._stop_ids if ids and recent[-len(ids) :] == ids]
+        return max(ended, key=len, default=None)
 
     def _route_segments(
         self, segments: list[tuple[str | None, str]]

@@ -13,7 +13,9 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ContextLengthExceededError, InvalidRequestError
+from jinja2 import TemplateSyntaxError
+
+from ..errors import ConfigError, ContextLengthExceededError, InvalidRequestError
 from .types import GenerationRequest
 
 # mlx_lm.server's default prompt layout for models without a chat template.
@@ -43,32 +45,66 @@ def encode_prompt(tokenizer: Any, request: GenerationRequest) -> list[int]:
             param="tools",
         )
     messages = request.messages
-    if not _template_mentions(tokenizer, "developer"):
+    template = request.options.chat_template
+    if not _template_mentions(tokenizer, template, "developer"):
         # OpenAI's newer name for the system role; most templates know only `system`.
         messages = [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
-    if not _template_mentions(tokenizer, "reasoning_content"):
+    if not _template_mentions(tokenizer, template, "reasoning_content"):
         # A prior turn's reasoning goes only to templates that render it.
         messages = [{k: v for k, v in m.items() if k != "reasoning_content"} for m in messages]
-    if tokenizer.has_chat_template and request.role_mapping is None:
+    if (tokenizer.has_chat_template or template is not None) and request.role_mapping is None:
         variables = template_variables(tokenizer, request.chat_template_kwargs)
-        try:
-            text = tokenizer.apply_chat_template(
-                messages,
-                tools=request.tools,
-                add_generation_prompt=True,
-                tokenize=False,
-                **variables,
-            )
-        except Exception as exc:  # noqa: BLE001 - a template error is the request's fault
-            raise InvalidRequestError(
-                f"The model's chat template rejected the messages: {exc}", param="messages"
-            ) from None
+        text = _render(tokenizer, template, messages, request.tools, variables)
         return list(tokenizer.encode(text, add_special_tokens=False))
     return list(tokenizer.encode(role_mapped_prompt(messages, request.role_mapping)))
 
 
-def _template_mentions(tokenizer: Any, word: str) -> bool:
-    template = getattr(tokenizer, "chat_template", None)
+def _render(
+    tokenizer: Any,
+    template: str | None,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    variables: dict[str, Any],
+) -> str:
+    """The chat template's text for `messages`: the model's own template, or the owner's
+    (`template`, given to transformers directly: mlx_lm's wrapper would prefer a custom
+    renderer). A template that is not valid Jinja is the owner's fault, not the request's."""
+    try:
+        if template is None:
+            return str(
+                tokenizer.apply_chat_template(
+                    messages, tools=tools, add_generation_prompt=True, tokenize=False, **variables
+                )
+            )
+        return str(
+            tokenizer._tokenizer.apply_chat_template(
+                messages,
+                tools=tools,
+                add_generation_prompt=True,
+                tokenize=False,
+                return_dict=False,
+                chat_template=template,
+                **variables,
+            )
+        )
+    except TemplateSyntaxError as exc:
+        if template is None:
+            raise _rejected(exc) from None
+        raise ConfigError(
+            f"The chat template configured for this model is not valid Jinja: {exc}"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - a template error is the request's fault
+        raise _rejected(exc) from None
+
+
+def _rejected(exc: Exception) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"The model's chat template rejected the messages: {exc}", param="messages"
+    )
+
+
+def _template_mentions(tokenizer: Any, template: str | None, word: str) -> bool:
+    template = template or getattr(tokenizer, "chat_template", None)
     return bool(template) and word in str(template)
 
 
@@ -264,6 +300,13 @@ def check_token_ids(request: GenerationRequest, vocab_size: int) -> None:
         raise InvalidRequestError(
             "logit_bias has token ids outside the vocabulary", param="logit_bias"
         )
+
+
+def effective_context(model: int | None, cap: int | None) -> int | None:
+    """The context a request gets: the model's own, or the owner's `context_length` below it."""
+    if cap is None or model is None:
+        return cap if model is None else model
+    return min(model, cap)
 
 
 def context_length(args: Any) -> int | None:

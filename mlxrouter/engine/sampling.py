@@ -26,35 +26,66 @@ if TYPE_CHECKING:
     from .prompt import ThinkingMarkers
 
 
-def sampler_for(sampling: SamplingParams) -> Callable[[mx.array], mx.array]:
+def sampler_for(sampling: SamplingParams, tokenizer: Any) -> Callable[[mx.array], mx.array]:
     """mlx_lm's sampler; a seeded request gets the same filters with its own PRNG key, so it
     repeats even while it shares a batch with other requests (mlx_lm's draws from the global
-    random state)."""
+    random state). XTC spares newline and end-of-text, as mlx_lm.server's does."""
     temperature = sampling.temperature
+    xtc = sampling.xtc_probability
+    special = list(tokenizer.encode("\n")) + list(tokenizer.eos_token_ids) if xtc > 0 else []
     if sampling.seed is None or temperature == 0:
         sampler: Callable[[mx.array], mx.array] = make_sampler(
             temp=temperature,
             top_p=sampling.top_p,
             min_p=sampling.min_p,
             top_k=sampling.top_k,
+            xtc_probability=xtc,
+            xtc_threshold=sampling.xtc_threshold,
+            xtc_special_tokens=special,
         )
         return sampler
+    key = [mx.random.key(sampling.seed)]
+
+    def draw() -> mx.array:
+        key[0], sub = mx.random.split(key[0])
+        return sub
+
+    # mlx_lm's order: top-p, min-p, XTC, top-k.
     filters: list[Callable[[mx.array], mx.array]] = []
     if 0 < sampling.top_p < 1.0:
         filters.append(lambda x: apply_top_p(x, sampling.top_p))
     if sampling.min_p > 0:
         filters.append(lambda x: apply_min_p(x, sampling.min_p))
+    if xtc > 0:
+        filters.append(_keyed_xtc(xtc, sampling.xtc_threshold, special, draw))
     if sampling.top_k > 0:
         filters.append(lambda x: apply_top_k(x, sampling.top_k))
-    key = [mx.random.key(sampling.seed)]
 
     def sample(logprobs: mx.array) -> mx.array:
         for apply in filters:
             logprobs = apply(logprobs)
-        key[0], draw = mx.random.split(key[0])
-        return mx.random.categorical(logprobs * (1.0 / temperature), key=draw)
+        return mx.random.categorical(logprobs * (1.0 / temperature), key=draw())
 
     return sample
+
+
+def _keyed_xtc(
+    probability: float, threshold: float, special: list[int], draw: Callable[[], mx.array]
+) -> Callable[[mx.array], mx.array]:
+    """mlx_lm's `apply_xtc` with the request's own key: mlx_lm's tosses its coin with MLX's
+    global random state, which every sequence of a batch draws from, so a seeded request
+    would not repeat."""
+
+    def apply(logprobs: mx.array) -> mx.array:
+        probs = mx.softmax(logprobs, -1)
+        # every token above the threshold but the least likely of them
+        mask = probs > mx.where(probs > threshold, probs, mx.inf).min(axis=-1, keepdims=True)
+        if special:
+            mask[..., special] = False
+        keep = mx.random.uniform(key=draw()) > probability
+        return mx.where(keep, logprobs, mx.where(mask, -mx.inf, logprobs))
+
+    return apply
 
 
 def logits_processors(
@@ -76,7 +107,9 @@ def logits_processors(
         repetition_penalty=sampling.repetition_penalty,
         repetition_context_size=sampling.repetition_context_size,
         presence_penalty=sampling.presence_penalty,
+        presence_context_size=sampling.presence_context_size,
         frequency_penalty=sampling.frequency_penalty,
+        frequency_context_size=sampling.frequency_context_size,
     )
     constraint = grammar(tokenizer, request)
     if constraint is not None:

@@ -34,6 +34,32 @@ class ModelInfo:
     load_seconds: float
 
 
+#: mlx_lm's: KV caches are quantized once a sequence has this many tokens
+DEFAULT_QUANTIZED_KV_START = 5000
+#: mlx_lm.server's: tokens a draft model drafts per step
+DEFAULT_DRAFT_TOKENS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class ModelOptions:
+    """How the engine runs a model for one request: the owner's per-model settings (never a
+    request's own fields), resolved by the daemon when it leases the model."""
+
+    #: the chat template's text, used instead of the model's own
+    chat_template: str | None = None
+    #: a context length below the model's own (the smaller one applies)
+    context_length: int | None = None
+    #: KV-cache quantization (mlx_lm's quantized caches) from `quantized_kv_start` tokens on;
+    #: such a request runs as a solo sequence (`engine.solo`)
+    kv_bits: int | None = None
+    kv_group_size: int = 64
+    quantized_kv_start: int = DEFAULT_QUANTIZED_KV_START
+    #: speculative decoding: the draft model's engine key (leased beside the model) and how
+    #: many tokens it drafts per step; such a request runs as a solo sequence
+    draft: str | None = None
+    num_draft_tokens: int = DEFAULT_DRAFT_TOKENS
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     temperature: float = 1.0
@@ -43,7 +69,12 @@ class SamplingParams:
     repetition_penalty: float | None = None
     repetition_context_size: int = 20
     presence_penalty: float | None = None
+    presence_context_size: int = 20
     frequency_penalty: float | None = None
+    frequency_context_size: int = 20
+    #: XTC: the chance per token of removing the likely tokens above the threshold but one
+    xtc_probability: float = 0.0
+    xtc_threshold: float = 0.1
     logit_bias: dict[int, float] | None = None
     seed: int | None = None
 
@@ -72,6 +103,12 @@ class GenerationRequest:
     #: a `max_tokens` beyond the room the context leaves is capped to that room, not refused
     #: (Anthropic's surface: Claude Code always asks for 32000)
     cap_max_tokens: bool = False
+    #: speculative decoding the request asks for (a registry id; the model's settings
+    #: otherwise): the daemon leases the draft and names it in `options`
+    draft_model: str | None = None
+    num_draft_tokens: int | None = None
+    #: the model's run options, filled in by the daemon from its settings (`Daemon.lease`)
+    options: ModelOptions = field(default_factory=ModelOptions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +116,8 @@ class Started:
     """First event of every stream: the prompt was accepted and is being processed."""
 
     prompt_tokens: int
+    #: prompt tokens whose KV cache came from an earlier request (as on `Finished`)
+    cached_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +156,12 @@ class Finished:
     cached_tokens: int = 0
     #: completion tokens spent reasoning (thinking markers included)
     reasoning_tokens: int = 0
+    #: the stop string that ended the answer (finish_reason "stop"), None for any other end
+    stop_sequence: str | None = None
+    #: seconds from the prompt's acceptance to its first generated token (queue and prefill),
+    #: then from that token to the last, timed on the engine thread (Ollama's durations)
+    prompt_seconds: float = 0.0
+    generation_seconds: float = 0.0
 
 
 Event = Started | Chunk | Finished

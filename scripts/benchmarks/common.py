@@ -51,6 +51,8 @@ class Mode:
     conc_reps: int = 1
     conc_clients: int = 8
     switch_variants: tuple[str, ...] = ("distinct", "warm")
+    surface_reps: int = 5  # rounds of one streamed request per API surface (figure s)
+    surface_tokens: int = 32
 
 
 MODES = {
@@ -70,6 +72,8 @@ MODES = {
         profile_requests=3,
         a_server=False,
         switch_variants=("distinct",),
+        surface_reps=1,
+        surface_tokens=16,
     ),
     "default": Mode(
         name="default",
@@ -104,6 +108,8 @@ MODES = {
         g_rounds=3,
         profile_requests=30,
         a_server=True,
+        surface_reps=7,
+        surface_tokens=64,
     ),
 }
 

@@ -90,7 +90,7 @@ def write_doc(bench: Bench, meta: dict[str, Any], doc: Path) -> None:
         "## Models",
         "",
         f"- **SmolLM2-135M-Instruct** (the demo model: 4-bit, "
-        f"{folder_bytes(bench.smol) / MB:.0f} MB) for a, f and the profile.",
+        f"{folder_bytes(bench.smol) / MB:.0f} MB) for a, f, s, h and the profile.",
         f"- **bench-1b-a/b/c**: random-weight llama models built by the suite (hidden "
         f"{BIG_SPEC['hidden_size']}, {BIG_SPEC['num_hidden_layers']} layers, MLP "
         f"{BIG_SPEC['intermediate_size']}, GQA 32/8 heads, vocab {BIG_SPEC['vocab_size']}: "

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import fig_a, fig_b, fig_c, fig_d, fig_e, fig_f, fig_g, fig_profile
+from . import fig_a, fig_b, fig_c, fig_d, fig_e, fig_f, fig_g, fig_h, fig_profile, fig_s
 from .common import MB, REPO, Figure, Mode, verdict
 from .harness import MlxLmServer, MlxRouter, Server
 from .machine import proc_status
@@ -143,7 +143,9 @@ class Bench:
         self.blobs = tiny_blob_set(self.tmp / "tiny-blobs")
         add_hf_repos(self.hf, self.blobs, 0, mode.hf_sizes[0])
 
-        self.server = self.mlx_lm_server(self.smol, self.hf)
+        needs_server = any(self.wanted(k) for k in "abcdf")  # figure s compares surfaces only
+        if needs_server:
+            self.server = self.mlx_lm_server(self.smol, self.hf)
         needs_main = any(self.wanted(k) for k in "abcf")
         if needs_main:
             models: dict[str, Any] = {
@@ -161,7 +163,8 @@ class Bench:
         if needs_main:
             self.router.stop()
         self.run_figure(fig_d)
-        self.server.stop()
+        if needs_server:
+            self.server.stop()
         if self.wanted("e") or self.wanted("g"):
             # Room for two of the three models: each costs its weights plus the per-entry
             # prompt-cache allowance the pool adds to every entry (where there is one).
@@ -184,6 +187,8 @@ class Bench:
         self.run_figure(fig_e)
         self.run_figure(fig_g)
         self.stop_all()
+        self.run_figure(fig_s)
+        self.run_figure(fig_h)
         if self.wanted("profile"):
             print("== profile of one request's path", file=sys.stderr, flush=True)
             try:

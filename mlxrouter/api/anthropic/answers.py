@@ -1,19 +1,22 @@
 """Engine events -> Anthropic answers: a whole `message`, or the stream of its events
 (`message_start`, content blocks opened, filled and closed, `message_delta`, `message_stop`,
-and a `ping` while nothing comes, a long prefill)."""
+and a `ping` while nothing comes: a load, a wait for room in the pool, a long prefill)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import msgspec
 
-from ...engine import Chunk, Finished, ToolCall
-from ...errors import EngineError
-from ..envelopes import AnthropicError, AnthropicErrorBody
-from ..session import CompletionSession
+from ...config import ModelSettings
+from ...engine import Chunk, Finished, GenerationRequest, ToolCall
+from ...errors import EngineError, MlxRouterError
+from ..envelopes import ANTHROPIC_PREFIX, AnthropicError, AnthropicErrorBody, ApiError, error_bytes
+from ..errors import status_of
+from ..session import CompletionSession, SessionStream
 from .schemas import (
     AnswerBlock,
     BlockDelta,
@@ -60,10 +63,17 @@ def usage(finished: Finished) -> Usage:
 
 
 def stop_reason(finished: Finished) -> StopReason:
+    if finished.finish_reason == "stop" and finished.stop_sequence is not None:
+        return "stop_sequence"
     reason = _STOP_REASONS.get(finished.finish_reason)
     if reason is None:
         raise EngineError(f"The engine finished with an unknown reason `{finished.finish_reason}`")
     return reason
+
+
+def stop_sequence(finished: Finished) -> str | None:
+    """The matched stop string, set only with `stop_reason: "stop_sequence"`."""
+    return finished.stop_sequence if finished.finish_reason == "stop" else None
 
 
 def _tool_use(call: ToolCall) -> ToolUseBlock:
@@ -93,6 +103,7 @@ def full_message(
         model=model,
         content=blocks,
         stop_reason=stop_reason(finished),
+        stop_sequence=stop_sequence(finished),
         usage=usage(finished),
     )
 
@@ -158,21 +169,73 @@ class _Blocks:
         return events + self.close()
 
 
+async def streamed_message(
+    session: CompletionSession,
+    build: Callable[[ModelSettings], list[GenerationRequest]],
+    message_id: str,
+    *,
+    ping_seconds: float | None = None,
+) -> SessionStream:
+    """Open the session and stream the message. An error within the first ping interval is
+    an HTTP error, as for a plain request; a longer wait (a load, a queue for room in the pool)
+    starts the stream at once, with pings until the prompt is accepted, and an error then is
+    an in-band `error` event."""
+    every = PING_SECONDS if ping_seconds is None else ping_seconds
+    opening = asyncio.ensure_future(session.open(build))
+    # open() records and closes on failure; this marks an error nobody awaits as seen
+    opening.add_done_callback(lambda task: task.cancelled() or task.exception())
+    try:
+        await asyncio.wait({opening}, timeout=every)
+    except BaseException:
+        await session.close()  # open() releases what it took once it sees the session closed
+        raise
+    if opening.done():
+        opening.result()
+        pending = None
+    else:
+        pending = opening
+    body = sse_message(session, message_id, ping_seconds=every, opening=pending)
+    return SessionStream(session, body, media_type="text/event-stream")
+
+
+async def _pings_until_open(opening: asyncio.Future[None], every: float) -> AsyncIterator[bytes]:
+    """A ping now (the headers go out with it), then one every `every` seconds, until the
+    session is open; its error, if any, is raised."""
+    while not opening.done():
+        yield sse(Ping())
+        await asyncio.wait({opening}, timeout=every)
+    opening.result()
+
+
 async def sse_message(
-    session: CompletionSession, message_id: str, *, ping_seconds: float | None = None
+    session: CompletionSession,
+    message_id: str,
+    *,
+    ping_seconds: float | None = None,
+    opening: asyncio.Future[None] | None = None,
 ) -> AsyncIterator[bytes]:
-    """The SSE events of a streamed message. An engine error after the headers went out is
-    reported in-band, as an `error` event."""
-    start = Message(
-        id=message_id,
-        model=session.model,
-        content=[],
-        usage=Usage(input_tokens=0, output_tokens=0),
-    )
+    """The SSE events of a streamed message, after pings while `opening` (the session's
+    `open()`, when still running) goes on. An error after the headers went out is reported
+    in-band, as an `error` event."""
+    every = PING_SECONDS if ping_seconds is None else ping_seconds
     blocks = _Blocks()
     try:
+        if opening is not None:
+            async for ping in _pings_until_open(opening, every):
+                yield ping
+        # the prompt's tokens as `message_delta` will count them (known once accepted)
+        prompt = sum(started.prompt_tokens for started in session.started)
+        cached = sum(started.cached_tokens for started in session.started)
+        start = Message(
+            id=message_id,
+            model=session.model,
+            content=[],
+            usage=Usage(
+                input_tokens=prompt - cached, output_tokens=0, cache_read_input_tokens=cached
+            ),
+        )
         yield sse(MessageStart(message=start))
-        async for item in session.events(PING_SECONDS if ping_seconds is None else ping_seconds):
+        async for item in session.events(every):
             if item is None:
                 yield sse(Ping())
                 continue
@@ -183,10 +246,15 @@ async def sse_message(
                 continue
             for out in blocks.end():
                 yield sse(out)
-            body = MessageDeltaBody(stop_reason=stop_reason(event))
+            body = MessageDeltaBody(
+                stop_reason=stop_reason(event), stop_sequence=stop_sequence(event)
+            )
             yield sse(MessageDelta(delta=body, usage=usage(event)))
         yield sse(MessageStop())
         await session.close(200, session.finished())
     except EngineError as exc:
         yield sse(AnthropicError(error=AnthropicErrorBody(type="api_error", message=exc.message)))
         await session.close(500)
+    except MlxRouterError as exc:  # open() failed after the pings began (it closed the session)
+        error = ApiError(status=status_of(exc), message=exc.message)
+        yield b"event: error\ndata: " + error_bytes(ANTHROPIC_PREFIX, error) + b"\n\n"

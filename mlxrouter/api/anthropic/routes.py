@@ -16,7 +16,7 @@ from ...config import ModelSettings
 from ...daemon import Daemon
 from ...engine import GenerationRequest
 from ..envelopes import AnthropicError
-from ..session import CompletionSession, SessionStream
+from ..session import CompletionSession
 from . import answers
 from .convert import generation_request
 from .schemas import CountTokensRequest, Message, MessagesRequest, TokenCount
@@ -51,11 +51,10 @@ async def messages(
 ) -> Response[Message] | Stream:
     daemon: Daemon = state.daemon
     session = CompletionSession(daemon, "chat", model=data.model, adapters=None, keep_alive=None)
-    await session.open(_builder(daemon, data))
     message_id = answers.message_id()
-    if data.stream:
-        stream = answers.sse_message(session, message_id)
-        return SessionStream(session, stream, media_type="text/event-stream")
+    if data.stream:  # opened by the stream: it pings while the model loads
+        return await answers.streamed_message(session, _builder(daemon, data), message_id)
+    await session.open(_builder(daemon, data))
     ((chunks, finished),) = await session.answers(request)
     return Response(answers.full_message(message_id, session.model, chunks, finished))
 

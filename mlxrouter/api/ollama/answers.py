@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal, TypedDict
 
@@ -35,8 +35,8 @@ from .schemas import (
 
 #: what `/api/ps` says for an entry that stays until unloaded (or is busy): no expiry
 NEVER = "9999-12-31T23:59:59Z"
-#: `general.architecture`: the cards do not carry config.json's `model_type` yet
-ARCHITECTURE = "mlx"
+#: `general.architecture` of a card without config.json's `model_type` (a remote id)
+UNKNOWN_ARCHITECTURE = "unknown"
 _SHOWN_CAPABILITIES = ("tools", "thinking", "vision")
 
 
@@ -50,9 +50,15 @@ def timestamp(unix: float | None = None) -> str:
 
 
 def details(card: ModelCard | None) -> ModelDetails:
+    """Ollama's `family` is the architecture (config.json's `model_type`)."""
     bits = card.quantization_bits if card else None
+    family = card.architecture if card else None
     return ModelDetails(
-        parent_model="", format="safetensors", quantization_level=f"Q{bits}" if bits else ""
+        parent_model="",
+        format="safetensors",
+        family=family or "",
+        families=[family] if family else [],
+        quantization_level=f"Q{bits}" if bits else "",
     )
 
 
@@ -81,9 +87,11 @@ def tags(cards: Sequence[ModelCard]) -> TagsAnswer:
 def show(card: ModelCard) -> ShowAnswer:
     """Ollama's `capabilities`: `completion` (every served model generates), then the card's
     `tools`, `thinking` and `vision`."""
-    info: dict[str, object] = {"general.architecture": ARCHITECTURE}
+    architecture = card.architecture or UNKNOWN_ARCHITECTURE
+    # clients read the context under the architecture's name, as Ollama keys GGUF metadata
+    info: dict[str, object] = {"general.architecture": architecture}
     if card.context_length:
-        info[f"{ARCHITECTURE}.context_length"] = card.context_length
+        info[f"{architecture}.context_length"] = card.context_length
     shown = [c for c in _SHOWN_CAPABILITIES if c in card.capabilities]
     return ShowAnswer(
         modelfile="",
@@ -148,15 +156,15 @@ def _tool_call(call: ToolCall) -> OllamaToolCall:
 
 @dataclass(slots=True)
 class Replies:
-    """One request's answers or streamed lines. Keeps when it started, was opened (leased,
-    prompt accepted) and saw its first token, for the durations (nanoseconds) of the last."""
+    """One request's answers or streamed lines, and the durations (nanoseconds) of the last:
+    `total_duration` from the request's start, `load_duration` until its lease was held (the
+    model loaded, or found loaded), then the prefill and the generation as the engine timed
+    them (`Finished`)."""
 
     kind: Literal["chat", "generate"]
     model: str
     started: float
-    loaded_now: bool = False
-    opened: float = field(default_factory=time.perf_counter)
-    first: float | None = None
+    leased: float | None = None
 
     def _reply(self, text: str, reasoning: str, calls: Sequence[ToolCall], stats: _Stats) -> Reply:
         if self.kind == "chat":
@@ -177,23 +185,20 @@ class Replies:
 
     def _stats(self, finished: Finished | None) -> _Stats:
         end = time.perf_counter()
-        first = self.first or end
         stats = _Stats(
             done=True,
             total_duration=_ns(end - self.started),
-            load_duration=_ns(self.opened - self.started) if self.loaded_now else 0,
-            prompt_eval_duration=_ns(first - self.opened),
-            eval_duration=_ns(end - first),
+            load_duration=_ns((self.leased or end) - self.started),
         )
         if finished is not None:
             stats["done_reason"] = "length" if finished.finish_reason == "length" else "stop"
             stats["prompt_eval_count"] = finished.prompt_tokens
+            stats["prompt_eval_duration"] = _ns(finished.prompt_seconds)
             stats["eval_count"] = finished.completion_tokens
+            stats["eval_duration"] = _ns(finished.generation_seconds)
         return stats
 
     def chunk(self, chunk: Chunk) -> Reply:
-        if self.first is None:
-            self.first = time.perf_counter()
         return self._reply(chunk.text, chunk.reasoning, chunk.tool_calls, _Stats(done=False))
 
     def last(self, finished: Finished) -> Reply:
@@ -201,8 +206,6 @@ class Replies:
 
     def whole(self, answer: Answer) -> Reply:
         chunks, finished = answer
-        if chunks and self.first is None:
-            self.first = self.opened  # not seen as they came: the split is unknown
         text = "".join(c.text for c in chunks)
         reasoning = "".join(c.reasoning for c in chunks)
         calls = [call for c in chunks for call in c.tool_calls]

@@ -113,7 +113,7 @@ async def _complete(
         kind=kind,
         model=body.model,
         started=started,
-        loaded_now=session.record.loaded_now,
+        leased=session.record.leased_at,
     )
     if not session.choices:  # nothing to generate: a load (or unload) request
         await session.answers(request)

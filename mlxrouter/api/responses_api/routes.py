@@ -1,15 +1,16 @@
-"""`POST /v1/responses`, `GET` and `DELETE /v1/responses/{id}`: the Responses surface over the
-same `CompletionSession` as chat completions."""
+"""`POST /v1/responses`, `GET` and `DELETE /v1/responses/{id}`, `GET
+/v1/responses/{id}/input_items`: the Responses surface over the same `CompletionSession` as
+chat completions."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from litestar import Request, delete, get, post
 from litestar import Response as HttpResponse
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from ...config import ModelSettings
 from ...daemon import Daemon
@@ -19,8 +20,8 @@ from .. import convert as chat_convert
 from ..schemas import ChatCompletionRequest
 from ..session import CompletionSession, SessionStream
 from . import answers, convert
-from .schemas import DeletedResponse, Response, ResponsesRequest
-from .store import ResponseStore, Stored
+from .schemas import DeletedResponse, InputItemList, Response, ResponsesRequest
+from .store import ResponseStore, Stored, input_item_page, with_ids
 
 _ERRORS = {
     status: ResponseSpec(ErrorResponse, description="OpenAI error", generate_examples=False)
@@ -51,7 +52,7 @@ async def create_response(
     daemon: Daemon = state.daemon
     store = _store(state)
     history = store.history(data.previous_response_id) if data.previous_response_id else []
-    items = [*history, *convert.input_items(data)]
+    items = [*history, *with_ids(convert.input_items(data))]
     chat: ChatCompletionRequest = convert.chat_body(data, items)
     limit = daemon.config.default_max_tokens
 
@@ -113,4 +114,26 @@ async def delete_response(state: State, response_id: FromPath[str]) -> DeletedRe
     return DeletedResponse(id=response_id)
 
 
-ROUTES = [create_response, get_response, delete_response]
+@get(
+    [
+        "/v1/responses/{response_id:str}/input_items",
+        "/responses/{response_id:str}/input_items",
+    ],
+    responses={**_ERRORS},
+)
+async def list_input_items(
+    *,
+    state: State,
+    response_id: FromPath[str],
+    limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+    order: FromQuery[Literal["asc", "desc"]] = "desc",
+    after: FromQuery[str | None] = None,
+    include: FromQuery[list[str] | None] = None,
+) -> InputItemList:
+    """The items a stored response answered, OpenAI's list shape (`include` has nothing to
+    add here)."""
+    stored = _store(state).get(response_id)
+    return input_item_page(stored, limit=limit, order=order, after=after)
+
+
+ROUTES = [create_response, get_response, delete_response, list_input_items]

@@ -171,3 +171,34 @@ class DeletedResponse(msgspec.Struct, kw_only=True):
     id: str
     object: Literal["response"] = "response"
     deleted: bool = True
+
+
+# ---- GET /v1/responses/{id}/input_items -------------------------------------------------------
+
+
+class ListedPart(msgspec.Struct, kw_only=True):
+    type: str
+    text: str | None = None
+
+
+class ListedItem(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A stored input item as OpenAI lists it: with its id and status, a message's content
+    as parts (`input_text`, or `output_text` for the assistant's)."""
+
+    id: str
+    type: str
+    status: str = ""
+    role: str | None = None
+    content: list[ListedPart] | None = None
+    call_id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+    output: str | list[ListedPart] | None = None
+
+
+class InputItemList(msgspec.Struct, kw_only=True):
+    object: Literal["list"] = "list"
+    data: list[ListedItem]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
