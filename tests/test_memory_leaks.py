@@ -195,3 +195,67 @@ async def test_pool_status_and_metrics_show_mlx_memory(models: Path) -> None:
         assert scraped["mlxrouter_mlx_peak_bytes"] == figures.peak_bytes
     finally:
         await daemon.stop()
+
+
+def loaded_tokenizer(engine: Engine, key: str) -> object:
+    """Engine thread: the tokenizer object the loaded entry `key` encodes with."""
+    return engine._models[key].tokenizer  # which instance is the point here
+
+
+async def test_a_reload_reuses_the_tokenizer_of_the_same_files(
+    engine: Engine, models: Path
+) -> None:
+    """tokenizers 0.23 keeps ~0.9 KB from every instance that encodes: a reload of the same
+    files must not make a new one (docs/UPSTREAM-tokenizers-instance-leak.md)."""
+    await engine.load(model_spec(models))
+    first = await engine.call(lambda: loaded_tokenizer(engine, "tiny"))
+    for _ in range(CYCLES):
+        await engine.unload("tiny")
+        await engine.load(model_spec(models))
+        assert await engine.call(lambda: loaded_tokenizer(engine, "tiny")) is first
+    # An adapter on the loaded base encodes with the base's; unloading it keeps the base's.
+    await engine.load(adapter_spec(models, base=True))
+    assert await engine.call(lambda: loaded_tokenizer(engine, "style")) is first
+    await engine.unload("style")
+    await engine.unload("tiny")
+    await engine.load(model_spec(models))
+    assert await engine.call(lambda: loaded_tokenizer(engine, "tiny")) is first
+
+
+async def test_edited_tokenizer_files_load_a_new_tokenizer(engine: Engine, tmp_path: Path) -> None:
+    folder = make_tiny_model(tmp_path / "edited", seed=3)
+    mx.eval(mx.random.state)
+    spec = LoadSpec("edited", folder)
+    await engine.load(spec)
+    first = await engine.call(lambda: loaded_tokenizer(engine, "edited"))
+    await engine.unload("edited")
+    config = folder / "tokenizer_config.json"
+    config.write_text(config.read_text().replace("}", ', "model_max_length": 512}', 1))
+    await engine.load(spec)
+    assert await engine.call(lambda: loaded_tokenizer(engine, "edited")) is not first
+
+
+async def test_a_failed_load_gives_its_shelved_tokenizer_back(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """A model loaded once, whose weights then lose a tensor: each failed reload takes the
+    kept tokenizer and gives it back, so it stays on the shelf, in use by nobody."""
+    folder = make_tiny_model(tmp_path / "decays", seed=4)
+    weights = mx.load(str(folder / "model.safetensors"))
+    assert isinstance(weights, dict)
+    mx.eval(mx.random.state)
+    await engine.load(LoadSpec("decays", folder))
+    first = await engine.call(lambda: loaded_tokenizer(engine, "decays"))
+    await engine.unload("decays")
+    kept = weights.pop("model.layers.1.mlp.down_proj.weight")
+    mx.save_safetensors(str(folder / "model.safetensors"), weights)
+    for _ in range(CYCLES):
+        with pytest.raises(ModelLoadError):
+            await engine.load(LoadSpec("decays", folder))
+    assert await engine.call(lambda: len(engine._loads.tokenizers)) == 1
+    # Weights mended: the next load takes the same tokenizer off the shelf.
+    mx.save_safetensors(
+        str(folder / "model.safetensors"), {**weights, "model.layers.1.mlp.down_proj.weight": kept}
+    )
+    await engine.load(LoadSpec("decays", folder))
+    assert await engine.call(lambda: loaded_tokenizer(engine, "decays")) is first

@@ -237,6 +237,7 @@ class Engine:
             self._outbox.flush()
             self._loads.fail_all(EngineError("The generation engine stopped"))
             self._models.clear()
+            self._loads.tokenizers.clear()
             free_memory()
 
     def _step_all(self) -> None:
@@ -294,6 +295,7 @@ class Engine:
             model, nbytes = adapter_on_base(
                 spec, spec.adapter_path, base_path=base.spec.model_path, base_model=base.model
             )
+            self._loads.tokenizers.share(base.tokenizer)  # released when the adapter unloads
             resolve(loaded, self._register(spec, model, base.tokenizer, nbytes, started))
             return
         self._loads.start(spec, loaded)
@@ -337,6 +339,7 @@ class Engine:
             end_solos(other.solos, gone, drafted_by=key)
         if loaded.batch is not None:
             loaded.batch.close()
+        self._loads.tokenizers.release(loaded.tokenizer)
         del loaded
         # Drop the last references, then hand the buffers back to the OS.
         free_memory()

@@ -3,7 +3,8 @@
 A load builds the model with lazily mapped weights (`mlx_lm.utils.load_model(lazy=True)`),
 then `PendingLoads.advance` evaluates them a slice per engine step, between the decoding steps
 of the models already loaded; the tokenizer, which makes no MLX arrays, loads meanwhile on a
-side thread. A weight or tokenizer file that fails to read fails only its own load.
+side thread (or comes off the `TokenizerShelf` when the same files were loaded before). A
+weight or tokenizer file that fails to read fails only its own load.
 
 Building a model (or an adapter's LoRA layers) initialises every parameter with `mx.random`,
 and each draw extends MLX's global random state by a lazy node; the loaded weights replace the
@@ -34,6 +35,7 @@ from mlx_lm.utils import load_config, load_model, load_tokenizer
 
 from ..errors import ModelLoadError
 from .bridge import reject
+from .tokenizer_shelf import TokenizerKey, TokenizerShelf, tokenizer_key
 from .types import LoadSpec, ModelInfo
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,9 @@ class PendingLoad:
 
     spec: LoadSpec
     model: Any
-    tokenizer: concurrent.futures.Future[Any]  # loading on the tokenizer thread
+    tokenizer: concurrent.futures.Future[Any]  # loading on the tokenizer thread, or shelved
+    tokenizer_key: TokenizerKey
+    shelved: bool  # the tokenizer came off the shelf (done at once, counted in use there)
     unread: list[Any]  # parameter arrays not yet evaluated, in file order
     nbytes: int
     started: float
@@ -64,6 +68,7 @@ class PendingLoads:
     def __init__(self, *, wake: Callable[[], None], name: str) -> None:
         self._pending: list[PendingLoad] = []
         self._wake = wake
+        self.tokenizers = TokenizerShelf()
         # Tokenizers never touch MLX, so they may load off the engine thread, beside weights.
         self._tokenizer_pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"{name}-tokenizer"
@@ -87,15 +92,27 @@ class PendingLoads:
         then read a slice per `advance` and `loaded` settles at the end. Raises
         `ModelLoadError` when the model cannot even be built."""
         started = time.perf_counter()
+        shelved: Any = None
         try:
-            # The tokenizer starts first, so it loads while the model is built and read.
-            tokenizer = self._tokenizer_pool.submit(
-                load_tokenizer,
+            eos_token_ids = load_config(spec.model_path).get("eos_token_id")
+            key = tokenizer_key(
                 spec.model_path,
-                {"trust_remote_code": spec.trust_remote_code},
-                eos_token_ids=load_config(spec.model_path).get("eos_token_id"),
+                trust_remote_code=spec.trust_remote_code,
+                eos_token_ids=eos_token_ids,
             )
-            tokenizer.add_done_callback(lambda _: self._wake())
+            tokenizer: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            shelved = self.tokenizers.take(key)
+            if shelved is not None:
+                tokenizer.set_result(shelved)
+            else:
+                # The tokenizer starts first, so it loads while the model is built and read.
+                tokenizer = self._tokenizer_pool.submit(
+                    load_tokenizer,
+                    spec.model_path,
+                    {"trust_remote_code": spec.trust_remote_code},
+                    eos_token_ids=eos_token_ids,
+                )
+                tokenizer.add_done_callback(lambda _: self._wake())
             model, _ = load_model(
                 spec.model_path, lazy=True, trust_remote_code=spec.trust_remote_code
             )
@@ -104,6 +121,8 @@ class PendingLoads:
                 model.eval()
             settle_random_state()
         except Exception as exc:  # noqa: BLE001 - any load failure is this model's, not ours
+            if shelved is not None:
+                self.tokenizers.release(shelved)
             free_memory()
             raise load_failed(spec, exc) from None
         unread = _unique_arrays(model.parameters())
@@ -112,6 +131,8 @@ class PendingLoads:
                 spec=spec,
                 model=model,
                 tokenizer=tokenizer,
+                tokenizer_key=key,
+                shelved=shelved is not None,
                 unread=unread,
                 nbytes=sum(int(a.nbytes) for a in unread),
                 started=started,
@@ -143,6 +164,8 @@ class PendingLoads:
             except Exception as exc:  # noqa: BLE001 - as above, for the tokenizer files
                 self._abandon(pending, load_failed(pending.spec, exc))
                 continue
+            if not pending.shelved:
+                tokenizer = self.tokenizers.put(pending.tokenizer_key, tokenizer)
             ready.append((pending, tokenizer))
         return ready
 
@@ -164,6 +187,8 @@ class PendingLoads:
     def _abandon(self, pending: PendingLoad, error: Exception) -> None:
         if pending in self._pending:
             self._pending.remove(pending)
+        if pending.shelved:
+            self.tokenizers.release(pending.tokenizer.result())
         pending.tokenizer.cancel()
         _fail_waiters(pending, error)
         free_memory()
