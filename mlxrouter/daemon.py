@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -226,6 +226,10 @@ class Daemon:
             return True
         return any(e.in_flight or not e.loaded for e in entries)
 
+    def _entry_type(self, key: str) -> Literal["chat", "embedding"]:
+        entry = self.registry.entries.get(key)
+        return entry.found.model_type if entry is not None else "chat"
+
     def pool_status(self) -> PoolStatus:
         """What is loaded, for `GET /admin/pool` and `mlxrouter ps`. No filesystem paths."""
         now_mono, now_wall = time.monotonic(), time.time()
@@ -237,6 +241,7 @@ class Daemon:
                 PoolEntryStatus(
                     id=entry.key,
                     kind="adapter" if entry.base_key else "model",
+                    type=self._entry_type(entry.key),
                     base=entry.base_key,
                     state="loaded" if entry.loaded else "loading",
                     bytes=entry.nbytes,
