@@ -37,6 +37,7 @@ class Target:
                 key=model.id,
                 model_path=model.path,
                 trust_remote_code=model.options.trust_remote_code,
+                embedding=model.found.model_type == "embedding",
             ),
             estimated_bytes=local_share(model),
             pinned=model.options.pinned,
