@@ -22,7 +22,7 @@ import msgspec
 
 from .config import Config, DistributedConfig, ModelSettings
 from .distributed import Groups, RoutedLoader
-from .engine import GenerationRequest, GenerationStream
+from .engine import EmbeddingRequest, GenerationRequest, GenerationStream
 from .errors import InvalidRequestError, MlxRouterError, ShuttingDownError
 from .metrics import Metrics
 from .pool import Lease, Pool, PoolLimits
@@ -321,8 +321,15 @@ class Daemon:
             yield ModelLease(lease.key, lease.info, lease.loaded_now, options)
 
     async def generate(
-        self, lease: Lease, request: GenerationRequest
+        self, lease: Lease, request: GenerationRequest | EmbeddingRequest
     ) -> GenerationStream | RemoteStream:
+        if isinstance(request, EmbeddingRequest):
+            if isinstance(lease, RemoteLease) or self.groups.handles(lease.key):
+                raise InvalidRequestError(
+                    f"`{lease.key}` is served elsewhere; only local models serve embeddings",
+                    param="model",
+                )
+            return await self.engine.generate(lease.key, request)
         if isinstance(lease, RemoteLease):
             return self.upstreams.generate(lease.remote, request, context=lease.info.context_length)
         if self.groups.handles(lease.key):  # a worker group: forwarded to its rank 0

@@ -86,6 +86,27 @@ class ModelLease(Lease):
         return replace(request, options=lease.options) if isinstance(lease, ModelLease) else request
 
 
+#: what a model of each type is, and the endpoints it serves (in the errors of requests sent to
+#: a model of the other type)
+_TYPES = {
+    "chat": ("a chat model", "chat, completions, messages and responses, not embeddings"),
+    "embedding": (
+        "an embedding model",
+        "/v1/embeddings and /api/embed, not chat, completions, messages or responses",
+    ),
+}
+
+
+def check_serves(target: Target, wanted: str) -> None:
+    """Refuse a request of type `wanted` (`chat`, `embedding`) to a model of the other type,
+    saying what the model is and which endpoints it serves."""
+    kind = target.model.found.model_type
+    if kind == wanted:
+        return
+    what, serves = _TYPES[kind]
+    raise InvalidRequestError(f"`{target.requested}` is {what}: it serves {serves}", param="model")
+
+
 def model_options(
     target: Target,
     settings: ModelSettings,

@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 from .bridge import GenerationStream
 from .types import (
     Chunk,
+    Embedded,
+    EmbeddingRequest,
     Event,
     Finished,
     GenerationRequest,
@@ -55,6 +57,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Chunk",
+    "Embedded",
+    "EmbeddingRequest",
     "Engine",
     "Event",
     "Finished",
