@@ -138,3 +138,27 @@ def test_an_indexing_job_and_a_chat_stream_share_the_engine(
     assert rest[-1].usage is not None and rest[-1].usage.completion_tokens == 64
     vectors = np.array([job.data[i].embedding for i in (0, 23)])
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_least_recently_used_eviction_across_types(
+    client: openai.OpenAI, http: httpx.Client
+) -> None:
+    """`max_models: 2` (the default) with two chat models and an embedding model: each load
+    evicts the least recently used entry, whatever its type."""
+
+    def chat(model: str) -> None:
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=1
+        )
+
+    def loaded() -> dict[str, str]:
+        return {e["id"]: e["type"] for e in http.get("/admin/pool").json()["entries"]}
+
+    chat("tiny-a")
+    chat("tiny-b")
+    assert loaded() == {"tiny-a": "chat", "tiny-b": "chat"}
+    client.embeddings.create(model=MINILM, input="evicts tiny-a")
+    assert loaded() == {"tiny-b": "chat", MINILM: "embedding"}
+    chat("tiny-b")
+    chat("tiny-a")  # the embedding model is now the least recently used
+    assert loaded() == {"tiny-a": "chat", "tiny-b": "chat"}
