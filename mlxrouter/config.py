@@ -136,6 +136,8 @@ class ModelEntryConfig(ModelSettings, frozen=True, forbid_unknown_fields=True, k
     trust_remote_code: bool = False
     #: serve `path` across several machines (its own pool entry; see DistributedConfig)
     distributed: DistributedConfig | None = None
+    #: what the model serves, when discovery's guess is wrong: chat, or embeddings
+    type: Literal["chat", "embedding"] | None = None
 
 
 class UpstreamConfig(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -163,6 +165,8 @@ class Config(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: true (HF_HUB_CACHE or the default cache), false, or a hub cache folder
     hf_cache: bool | str = True
     model_dirs: list[str] = msgspec.field(default_factory=list)
+    #: the most inputs one embeddings request may have (OpenAI's limit)
+    max_embedding_inputs: Annotated[int, msgspec.Meta(ge=1)] = 2048
     models: dict[str, ModelEntryConfig] = msgspec.field(default_factory=dict)
     #: request defaults for every model (a `models:` entry's own settings win)
     defaults: ModelSettings = msgspec.field(default_factory=ModelSettings)

@@ -16,13 +16,13 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
 from .config import Config, DistributedConfig, ModelSettings
 from .distributed import Groups, RoutedLoader
-from .engine import GenerationRequest, GenerationStream
+from .engine import EmbeddingRequest, GenerationRequest, GenerationStream
 from .errors import InvalidRequestError, MlxRouterError, ShuttingDownError
 from .metrics import Metrics
 from .pool import Lease, Pool, PoolLimits
@@ -226,6 +226,10 @@ class Daemon:
             return True
         return any(e.in_flight or not e.loaded for e in entries)
 
+    def _entry_type(self, key: str) -> Literal["chat", "embedding"]:
+        entry = self.registry.entries.get(key)
+        return entry.found.model_type if entry is not None else "chat"
+
     def pool_status(self) -> PoolStatus:
         """What is loaded, for `GET /admin/pool` and `mlxrouter ps`. No filesystem paths."""
         now_mono, now_wall = time.monotonic(), time.time()
@@ -237,6 +241,7 @@ class Daemon:
                 PoolEntryStatus(
                     id=entry.key,
                     kind="adapter" if entry.base_key else "model",
+                    type=self._entry_type(entry.key),
                     base=entry.base_key,
                     state="loaded" if entry.loaded else "loading",
                     bytes=entry.nbytes,
@@ -316,8 +321,15 @@ class Daemon:
             yield ModelLease(lease.key, lease.info, lease.loaded_now, options)
 
     async def generate(
-        self, lease: Lease, request: GenerationRequest
+        self, lease: Lease, request: GenerationRequest | EmbeddingRequest
     ) -> GenerationStream | RemoteStream:
+        if isinstance(request, EmbeddingRequest):
+            if isinstance(lease, RemoteLease) or self.groups.handles(lease.key):
+                raise InvalidRequestError(
+                    f"`{lease.key}` is served elsewhere; only local models serve embeddings",
+                    param="model",
+                )
+            return await self.engine.generate(lease.key, request)
         if isinstance(lease, RemoteLease):
             return self.upstreams.generate(lease.remote, request, context=lease.info.context_length)
         if self.groups.handles(lease.key):  # a worker group: forwarded to its rank 0

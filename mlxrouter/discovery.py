@@ -16,7 +16,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from huggingface_hub import scan_cache_dir
 from huggingface_hub.errors import CacheNotFound
@@ -26,6 +26,7 @@ from .model_folder import Kind, Stamp, inspect_folder, read_json
 __all__ = [
     "FoundModel",
     "Kind",
+    "ModelType",
     "describe_folder",
     "folder_kind",
     "scan_hf_cache",
@@ -42,6 +43,14 @@ BASE_REF_KEYS = ("model", "base_model", "base_model_name_or_path")
 
 #: config.json keys through which transformers loads code shipped with the model.
 REMOTE_CODE_KEYS = ("auto_map", "model_file")
+
+#: what a model serves: chat/completions, or embeddings
+ModelType = Literal["chat", "embedding"]
+
+#: config.json `architectures` that are encoders: their folders serve embeddings only
+ENCODER_ARCHITECTURES = frozenset(
+    {"BertModel", "XLMRobertaModel", "ModernBertModel", "NomicBertModel", "RobertaModel"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +75,12 @@ class FoundModel:
     quantization_bits: int | None = None
     #: config.json's `model_type` ("llama", "qwen3", ...); None when absent (adapters)
     architecture: str | None = None
+    #: "embedding" for a sentence-transformers layout or an encoder architecture, else "chat"
+    #: (a `models:` entry's `type:` overrides it in the registry)
+    model_type: ModelType = "chat"
+    #: embedding models: the vector's length and the most tokens one input may have
+    dimensions: int | None = None
+    max_input_tokens: int | None = None
 
 
 # --- field extraction --------------------------------------------------------------------
@@ -121,10 +136,13 @@ def folder_kind(path: Path) -> Kind | None:
     return None if inspection is None else inspection.kind
 
 
-def describe_folder(model_id: str, path: Path, *, created: int | None = None) -> FoundModel | None:
+def describe_folder(
+    model_id: str, path: Path, *, created: int | None = None, model_type: ModelType | None = None
+) -> FoundModel | None:
     """Describe the folder at `path` as `model_id`, or None when it is not servable.
 
     `created` defaults to the folder's mtime; the HF cache passes the revision's time.
+    `model_type` (a `models:` entry's `type:`) replaces the guess from the folder's files.
     """
     real = _resolve(path)
     if real is None:
@@ -139,6 +157,10 @@ def describe_folder(model_id: str, path: Path, *, created: int | None = None) ->
             return None
     config = inspection.config
     org, sep, _ = model_id.partition("/")
+    is_model = inspection.kind == "model"
+    if model_type is None:
+        model_type = "embedding" if is_model and _is_embedder(real, config) else "chat"
+    embedding = _embedding_fields(real, config) if model_type == "embedding" else (None, None)
     return FoundModel(
         id=model_id,
         path=real,
@@ -150,10 +172,38 @@ def describe_folder(model_id: str, path: Path, *, created: int | None = None) ->
         size_bytes=inspection.size_bytes,
         fingerprint=_fingerprint(inspection.stamps),
         trusts_code=inspection.has_python or any(k in config for k in REMOTE_CODE_KEYS),
-        capabilities=_capabilities(real) if inspection.kind == "model" else (),
+        capabilities=_capabilities(real, model_type) if is_model else (),
         quantization_bits=_quantization_bits(config),
-        architecture=_architecture(config) if inspection.kind == "model" else None,
+        architecture=_architecture(config) if is_model else None,
+        model_type=model_type,
+        dimensions=embedding[0],
+        max_input_tokens=embedding[1],
     )
+
+
+def _is_embedder(folder: Path, config: dict[str, Any]) -> bool:
+    """A sentence-transformers layout (its pooling module), or an encoder architecture."""
+    if (folder / "modules.json").is_file() or (folder / "1_Pooling" / "config.json").is_file():
+        return True
+    architectures = config.get("architectures")
+    return isinstance(architectures, list) and any(
+        a in ENCODER_ARCHITECTURES for a in architectures
+    )
+
+
+def _embedding_fields(folder: Path, config: dict[str, Any]) -> tuple[int | None, int | None]:
+    """(dimensions, max_input_tokens): the pooling module's width, else the hidden size; the
+    sentence-transformers `max_seq_length`, else the context length."""
+    pooling = read_json(folder / "1_Pooling", "config.json")
+    dimensions = _positive_int(pooling[0].get("word_embedding_dimension")) if pooling else None
+    if dimensions is None:
+        dimensions = _positive_int(config.get("hidden_size"))
+    sbert = read_json(folder, "sentence_bert_config.json")
+    limit = _positive_int(sbert[0].get("max_seq_length")) if sbert else None
+    context = _context_length(config)
+    if limit is None or (context is not None and context < limit):
+        limit = context
+    return dimensions, limit
 
 
 def _architecture(config: dict[str, Any]) -> str | None:
@@ -180,7 +230,9 @@ def _chat_template(folder: Path) -> str | None:
 THINKING_SIGNS = ("<think>", "</think>", "enable_thinking")
 
 
-def _capabilities(folder: Path) -> tuple[str, ...]:
+def _capabilities(folder: Path, model_type: ModelType) -> tuple[str, ...]:
+    if model_type == "embedding":
+        return ("embeddings",)
     template = _chat_template(folder)
     if template is None:
         return ("completion",)

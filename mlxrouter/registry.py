@@ -107,6 +107,16 @@ def _options(entry: ModelEntryConfig) -> EntryOptions:
     )
 
 
+def _typed(entry: RegistryEntry, spec: ModelEntryConfig) -> RegistryEntry:
+    """`spec`'s `type:` over discovery's guess: the folder described again as that type."""
+    if spec.type is None or spec.type == entry.found.model_type or entry.kind != "model":
+        return entry
+    typed = describe_folder(
+        entry.found.id, entry.path, created=entry.found.created, model_type=spec.type
+    )
+    return entry if typed is None else replace(entry, found=typed)
+
+
 def _scan_sources(config: Config, problems: list[str]) -> dict[str, RegistryEntry]:
     """Lowest precedence first, so later sources replace earlier ones with the same id."""
     found: dict[str, RegistryEntry] = {}
@@ -120,7 +130,7 @@ def _scan_sources(config: Config, problems: list[str]) -> dict[str, RegistryEntr
     for model_id, entry in config.models.items():
         if entry.path is None and entry.model is None:  # options for a model found elsewhere
             if model_id in found:
-                found[model_id] = replace(found[model_id], options=_options(entry))
+                found[model_id] = _typed(replace(found[model_id], options=_options(entry)), entry)
             else:
                 problems.append(f"models.{model_id}: sets options for an id that is not found")
             continue
@@ -130,7 +140,9 @@ def _scan_sources(config: Config, problems: list[str]) -> dict[str, RegistryEntr
         if described is None:
             problems.append(f"models.{model_id}: the folder is not a complete model or adapter")
             continue
-        found[model_id] = RegistryEntry(model_id, described, "config", options=_options(entry))
+        found[model_id] = _typed(
+            RegistryEntry(model_id, described, "config", options=_options(entry)), entry
+        )
     return found
 
 

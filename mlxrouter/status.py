@@ -56,6 +56,11 @@ class ModelCard(msgspec.Struct, kw_only=True):
     available: bool = True
     #: config.json's `model_type` (Ollama's `general.architecture`); None when unknown
     architecture: str | None = None
+    #: "embedding": served by `/v1/embeddings` and `/api/embed` only; "chat": everything else
+    type: Literal["chat", "embedding"] = "chat"
+    #: embedding models: the vector's length, and the most tokens one input may have
+    dimensions: int | None = None
+    max_input_tokens: int | None = None
 
 
 class ModelDetail(ModelCard, kw_only=True):
@@ -92,6 +97,8 @@ class WorkerGroupStatus(msgspec.Struct, kw_only=True):
 class PoolEntryStatus(msgspec.Struct, kw_only=True):
     id: str
     kind: Literal["model", "adapter"]
+    #: what the entry serves (its registry entry's type)
+    type: Literal["chat", "embedding"] = "chat"
     base: str | None
     state: Literal["loading", "loaded"]
     bytes: int
@@ -174,6 +181,9 @@ def model_card(
         upstream=remote.upstream if remote else None,
         available=remote.available if remote else True,
         architecture=model.architecture,
+        type=model.model_type,
+        dimensions=model.dimensions,
+        max_input_tokens=model.max_input_tokens,
     )
 
 

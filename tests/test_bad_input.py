@@ -32,6 +32,10 @@ def response(**fields: Any) -> dict[str, Any]:
     return {"model": "tiny-a", "input": "hi", "max_output_tokens": 2, **fields}
 
 
+def embed(**fields: Any) -> dict[str, Any]:
+    return {"model": "minilm", "input": "hi", **fields}
+
+
 def ollama(**fields: Any) -> dict[str, Any]:
     return {"model": "tiny-a", "messages": OK_MESSAGES, "options": {"num_predict": 2}, **fields}
 
@@ -411,20 +415,111 @@ CASES: list[tuple[str, str, str, Any, int, str | None]] = [
         None,
     ),
     (
-        "ollama embed: not served",
+        "ollama embed: a chat model",
         "POST",
         "/api/embed",
         {"model": "tiny-a", "input": "hi"},
-        501,
+        400,
         None,
+    ),
+    ("ollama embed: empty list", "POST", "/api/embed", {"model": "minilm", "input": []}, 400, None),
+    (
+        "ollama embeddings: empty prompt",
+        "POST",
+        "/api/embeddings",
+        {"model": "minilm", "prompt": ""},
+        400,
+        None,
+    ),
+    ("ollama chat: an embedding model", "POST", "/api/chat", ollama(model="minilm"), 400, None),
+    # ---- embeddings (OpenAI's envelope) and the models of the other type ----
+    ("embeddings: a chat model", "POST", "/v1/embeddings", embed(model="tiny-a"), 400, "model"),
+    ("embeddings: empty list", "POST", "/v1/embeddings", embed(input=[]), 400, "input"),
+    ("embeddings: empty string", "POST", "/v1/embeddings", embed(input=""), 400, "input"),
+    (
+        "embeddings: non-string item",
+        "POST",
+        "/v1/embeddings",
+        embed(input=["a", 5]),
+        400,
+        "input[1]",
+    ),
+    (
+        "embeddings: token id outside the vocabulary",
+        "POST",
+        "/v1/embeddings",
+        embed(input=[[101, 102], [101, 999999]]),
+        400,
+        "input[1]",
+    ),
+    (
+        "embeddings: more than max_embedding_inputs",
+        "POST",
+        "/v1/embeddings",
+        embed(input=["a"] * 3),
+        400,
+        "input",
+    ),
+    (
+        "embeddings: input too long",
+        "POST",
+        "/v1/embeddings",
+        embed(input="word " * 300),
+        400,
+        "input",
+    ),
+    (
+        "embeddings: other dimensions",
+        "POST",
+        "/v1/embeddings",
+        embed(dimensions=64),
+        400,
+        "dimensions",
+    ),
+    (
+        "embeddings: bad encoding",
+        "POST",
+        "/v1/embeddings",
+        embed(encoding_format="hex"),
+        400,
+        "encoding_format",
+    ),
+    (
+        "chat: an embedding model",
+        "POST",
+        "/v1/chat/completions",
+        chat(model="minilm"),
+        400,
+        "model",
+    ),
+    (
+        "completions: an embedding model",
+        "POST",
+        "/v1/completions",
+        text(model="minilm"),
+        400,
+        "model",
+    ),
+    ("messages: an embedding model", "POST", "/v1/messages", message(model="minilm"), 400, None),
+    (
+        "responses: an embedding model",
+        "POST",
+        "/v1/responses",
+        response(model="minilm"),
+        400,
+        "model",
     ),
     ("ollama: unknown route", "GET", "/api/nothing", None, 404, None),
 ]
 
 
 @pytest.fixture(scope="module")
-def daemon(tiny_models: Path) -> Iterator[tuple[str, Any]]:
-    with running_daemon(f"hf_cache: false\nmodel_dirs: [{tiny_models}]\n") as served:
+def daemon(tiny_models: Path, embedding_model: Path) -> Iterator[tuple[str, Any]]:
+    config = (
+        f"hf_cache: false\nmodel_dirs: [{tiny_models}]\nmax_embedding_inputs: 2\n"
+        f"models:\n  minilm: {{path: {embedding_model}}}\n"
+    )
+    with running_daemon(config) as served:
         yield served
 
 

@@ -114,10 +114,14 @@ def test_switching_models_per_request(client: openai.OpenAI, tiny_models: Path) 
         assert tiny.choices[0].message.content == tiny_answer
 
 
-def test_cli_serve_with_no_config_serves_the_demo(demo_model: Path, tmp_path: Path) -> None:
-    """`mlxrouter serve` on a machine with no config, as the README's command runs it."""
+def test_cli_serve_with_no_config_serves_the_demo(
+    demo_model: Path, embedding_model: Path, tmp_path: Path
+) -> None:
+    """`mlxrouter serve` on a machine with no config, as the README's command runs it: the
+    chat demo and the embedding demo beside it."""
     data = tmp_path / "data"
     shutil.copytree(demo_model, data / "models" / DEMO)
+    shutil.copytree(embedding_model, data / "models" / embedding_model.name)
     env = {
         **os.environ,
         "MLXROUTER_DATA_DIR": str(data),
@@ -129,6 +133,8 @@ def test_cli_serve_with_no_config_serves_the_demo(demo_model: Path, tmp_path: Pa
     ):
         ids = [m.id for m in client.models.list().data]
         assert DEMO in ids
+        vector = client.embeddings.create(model=embedding_model.name, input="hello").data[0]
+        assert len(vector.embedding) == 384
         reply = client.chat.completions.create(
             model=DEMO, messages=FRANCE, temperature=0, max_tokens=20
         )  # type: ignore[arg-type]

@@ -23,6 +23,8 @@ MLX_MODULES = {
     "mlxrouter.engine.constrain",
     "mlxrouter.engine.prefix",
     "mlxrouter.engine.solo",
+    "mlxrouter.engine.embedding",
+    "mlxrouter.engine.bert",
 }
 MLX_PACKAGES = ("mlxrouter.gguf",)
 

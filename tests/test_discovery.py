@@ -333,6 +333,46 @@ def test_capabilities_from_the_chat_template(
     assert found.capabilities == expected
 
 
+def test_chat_models_are_typed_chat(tmp_path: Path) -> None:
+    found = describe_folder("m", make_model(tmp_path / "m"))
+    assert found is not None
+    assert (found.model_type, found.dimensions, found.max_input_tokens) == ("chat", None, None)
+
+
+def test_sentence_transformers_layout_is_an_embedding_model(tmp_path: Path) -> None:
+    """MiniLM's layout: the pooling module's width and `max_seq_length` (below the context)."""
+    folder = make_model(
+        tmp_path / "m",
+        config={"architectures": ["BertModel"], "hidden_size": 384, "max_position_embeddings": 512},
+    )
+    write_json(folder / "1_Pooling" / "config.json", {"word_embedding_dimension": 384})
+    write_json(folder / "sentence_bert_config.json", {"max_seq_length": 256})
+    (folder / "modules.json").write_text("[]")
+    found = describe_folder("m", folder)
+    assert found is not None
+    assert found.model_type == "embedding"
+    assert (found.dimensions, found.max_input_tokens) == (384, 256)
+    assert found.capabilities == ("embeddings",)
+
+
+@pytest.mark.parametrize("architecture", ["BertModel", "XLMRobertaModel", "NomicBertModel"])
+def test_encoder_architecture_is_an_embedding_model(tmp_path: Path, architecture: str) -> None:
+    """No sentence-transformers files: the hidden size and the context length stand in."""
+    config = {"architectures": [architecture], "hidden_size": 768, "max_position_embeddings": 8}
+    found = describe_folder("m", make_model(tmp_path / "m", config=config))
+    assert found is not None
+    assert (found.model_type, found.dimensions, found.max_input_tokens) == ("embedding", 768, 8)
+
+
+def test_decoder_with_pooling_module_is_an_embedding_model(tmp_path: Path) -> None:
+    """Qwen3-Embedding: a causal LM architecture, typed by its sentence-transformers files."""
+    folder = make_model(tmp_path / "m", config={"architectures": ["Qwen3ForCausalLM"]})
+    write_json(folder / "1_Pooling" / "config.json", {"pooling_mode_lasttoken": True})
+    found = describe_folder("m", folder)
+    assert found is not None
+    assert found.model_type == "embedding"
+
+
 @pytest.mark.parametrize(
     "config", [{"auto_map": {"AutoModel": "modeling.Foo"}}, {"model_file": "custom.py"}]
 )

@@ -299,12 +299,16 @@ def test_bad_fields_are_400_and_unknown_ones_ignored(daemon: tuple[str, Any]) ->
         assert isinstance(response.json()["error"], str)
 
 
-def test_embeddings_answer_501(client: ollama.Client, daemon: tuple[str, Any]) -> None:
+def test_embed_to_a_chat_model_says_what_it_is(
+    client: ollama.Client, daemon: tuple[str, Any]
+) -> None:
+    """Embeddings are served by embedding models; a chat model answers 400 naming its type."""
     with pytest.raises(ollama.ResponseError) as raised:
         client.embed("tiny-a", "hello")
-    assert raised.value.status_code == 501
+    assert raised.value.status_code == 400
+    assert "chat model" in str(raised.value.error)
     old = httpx.post(daemon[0] + "/api/embeddings", json={"model": "tiny-a", "prompt": "x"})
-    assert old.status_code == 501 and "not supported" in old.json()["error"]
+    assert old.status_code == 400 and "chat model" in old.json()["error"]
 
 
 # ---- the real model ---------------------------------------------------------------------------

@@ -132,3 +132,34 @@ def test_hf_cache_models_are_listed_by_repo_id(tmp_path: Path, tiny_models: Path
 def test_missing_sources_are_empty_not_errors(tmp_path: Path) -> None:
     config = parse_config(f"hf_cache: {tmp_path / 'nope'}\nmodel_dirs: [{tmp_path / 'absent'}]")
     assert len(build_registry(config)) == 0
+
+
+def test_type_key_overrides_the_guess_and_cards_show_it(model_dir: Path) -> None:
+    """A pooling module types tiny-a an embedding model; `type:` turns that around, and a
+    chat model can be declared an embedding model. The cards say what each serves."""
+    from mlxrouter.status import model_cards
+
+    pooling = model_dir / "tiny-a" / "1_Pooling"
+    pooling.mkdir()
+    (pooling / "config.json").write_text(json.dumps({"word_embedding_dimension": 64}))
+    guessed = build_registry(parse_config(f"hf_cache: false\nmodel_dirs: [{model_dir}]"))
+    assert guessed.resolve("tiny-a").found.model_type == "embedding"
+    assert guessed.resolve("org/tiny-b").found.model_type == "chat"
+
+    config = parse_config(
+        f"""
+hf_cache: false
+model_dirs: [{model_dir}]
+models:
+  tiny-a: {{type: chat}}
+  org/tiny-b: {{type: embedding}}
+"""
+    )
+    cards = {c.id: c for c in model_cards(build_registry(config), loaded=())}
+    assert (cards["tiny-a"].type, cards["tiny-a"].dimensions) == ("chat", None)
+    assert cards["org/tiny-b"].dimensions is not None  # the hidden size
+    assert "chat" not in cards["org/tiny-b"].capabilities
+    assert (cards["org/tiny-b"].type, cards["org/tiny-b"].capabilities) == (
+        "embedding",
+        ["embeddings"],
+    )

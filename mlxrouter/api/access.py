@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 
 from ..daemon import Daemon
-from ..engine import Finished, GenerationRequest
+from ..engine import EmbeddingRequest, Finished, GenerationRequest
 from ..pool import Lease
 
 log = logging.getLogger("mlxrouter.access")
@@ -38,9 +38,14 @@ class RequestRecord:
     def resolved(self, model_id: str) -> None:
         self.model = model_id
 
-    def log_prompt(self, generation: GenerationRequest) -> None:
+    def log_prompt(self, generation: GenerationRequest | EmbeddingRequest) -> None:
         if self.daemon.config.log_prompts:
-            prompt = generation.messages if generation.messages is not None else generation.prompt
+            if isinstance(generation, EmbeddingRequest):
+                prompt: object = generation.inputs
+            elif generation.messages is not None:
+                prompt = generation.messages
+            else:
+                prompt = generation.prompt
             log.info("%s model=%s prompt=%r", self.kind, self.model, prompt)
 
     def leased(self, lease: Lease) -> None:

@@ -22,6 +22,7 @@ from .. import __version__
 from ..config import Config
 from ..daemon import Daemon
 from .anthropic import ROUTES as ANTHROPIC_ROUTES
+from .embeddings import embeddings
 from .errors import EXCEPTION_HANDLERS
 from .guards import host_allowlist, write_timeout
 from .ollama import ROUTES as OLLAMA_ROUTES
@@ -72,7 +73,13 @@ def create_app(
     listening = [] if config.host in ("0.0.0.0", "::", "") else [config.host]  # noqa: S104
     cors = CORSConfig(allow_origins=config.cors_origins) if config.cors_origins else None
     return Litestar(
-        route_handlers=[*ROUTES, *RESPONSES_ROUTES, *ANTHROPIC_ROUTES, *OLLAMA_ROUTES],
+        route_handlers=[
+            *ROUTES,
+            embeddings,
+            *RESPONSES_ROUTES,
+            *ANTHROPIC_ROUTES,
+            *OLLAMA_ROUTES,
+        ],
         middleware=[
             host_allowlist([*listening, *config.allowed_hosts]),
             write_timeout(config.write_timeout),

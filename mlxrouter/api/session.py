@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from typing import Any, overload
+from typing import Any, TypeVar, overload
 
 from litestar import Request
 from litestar.response import Stream
@@ -24,12 +24,24 @@ from litestar.types import Receive, Scope, Send
 
 from ..config import ModelSettings
 from ..daemon import Daemon
-from ..engine import Chunk, Finished, GenerationRequest, GenerationStream, Started
+from ..discovery import ModelType
+from ..engine import (
+    Chunk,
+    Embedded,
+    EmbeddingRequest,
+    Finished,
+    GenerationRequest,
+    GenerationStream,
+    Started,
+)
 from ..errors import ClientDisconnectedError, EngineError, MlxRouterError
 from ..remote import RemoteStream
+from ..targets import check_serves
 from ..units import Duration
 from .access import RequestRecord
 from .errors import status_of
+
+T = TypeVar("T")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -39,6 +51,9 @@ EventStream = GenerationStream | RemoteStream
 
 #: one choice's whole answer: its chunks and how it finished
 Answer = tuple[list[Chunk], Finished]
+
+#: what a surface hands the engine: generations, or inputs to embed
+EngineRequest = GenerationRequest | EmbeddingRequest
 
 
 class CompletionSession:
@@ -54,8 +69,11 @@ class CompletionSession:
         model: str | None,
         adapters: str | None,
         keep_alive: Duration | None,
+        serves: ModelType = "chat",
     ) -> None:
         self.daemon = daemon
+        #: the type of model this request needs (another type is a 400 naming what it is)
+        self.serves = serves
         self.record = RequestRecord(daemon, kind)
         self._model = model
         self._adapters = adapters
@@ -74,7 +92,7 @@ class CompletionSession:
     def choices(self) -> int:
         return len(self._streams)
 
-    async def open(self, build: Callable[[ModelSettings], list[GenerationRequest]]) -> None:
+    async def open(self, build: Callable[[ModelSettings], Sequence[EngineRequest]]) -> None:
         """Resolve the model, turn the request into engine requests with `build` (given the
         model's request defaults), take the lease (loading it if needed) and submit them all;
         returns once the engine has accepted them. On failure the session is closed."""
@@ -82,14 +100,16 @@ class CompletionSession:
             target = self.daemon.target(self._model, self._adapters)
             self.model = target.requested
             self.record.resolved(target.requested)
+            check_serves(target, self.serves)
             generations = build(self.daemon.settings(target))
             for generation in generations:
                 self.record.log_prompt(generation)
+            first = generations[0] if generations else None  # none: a load only
             lease = await self._stack.enter_async_context(  # with its draft model, if any
                 self.daemon.lease(
                     target,
                     keep_alive=self._keep_alive,
-                    request=generations[0] if generations else None,  # none: a load only
+                    request=first if isinstance(first, GenerationRequest) else None,
                 )
             )
             self.record.leased(lease)
@@ -131,16 +151,38 @@ class CompletionSession:
         """Every choice's whole answer, in order; recorded as 200. A client that disconnects
         meanwhile stops the generation (`ClientDisconnectedError`)."""
         try:
-            answers = await self._gather_unless_gone(request)
+            answers = await self._gather_unless_gone(request, self._collect)
         except BaseException as exc:
             await self.close(status_of(exc) if isinstance(exc, MlxRouterError) else 500)
             raise
         await self.close(200, [finished for _, finished in answers])
         return answers
 
-    async def _gather_unless_gone(self, request: Request[Any, Any, Any]) -> list[Answer]:
+    async def embeddings(self, request: Request[Any, Any, Any]) -> Embedded:
+        """An embedding request's vectors (one stream); recorded as 200. A client that
+        disconnects meanwhile drops its inputs still queued (`ClientDisconnectedError`)."""
+        try:
+            (embedded,) = await self._gather_unless_gone(request, self._embedded)
+        except BaseException as exc:
+            await self.close(status_of(exc) if isinstance(exc, MlxRouterError) else 500)
+            raise
+        finished = Finished("stop", embedded.prompt_tokens, 0)
+        await self.close(200, [finished])
+        return embedded
+
+    async def _embedded(self, stream: EventStream) -> Embedded:
+        async for event in stream:
+            if isinstance(event, Embedded):
+                return event
+        raise EngineError("The embedding ended without its vectors")
+
+    async def _gather_unless_gone(
+        self,
+        request: Request[Any, Any, Any],
+        collector: Callable[[EventStream], Awaitable[T]],
+    ) -> list[T]:
         collect = asyncio.ensure_future(
-            asyncio.gather(*(self._collect(stream) for stream in self._streams))
+            asyncio.gather(*(collector(stream) for stream in self._streams))
         )
         gone = asyncio.ensure_future(_disconnected(request))
         waiting: set[asyncio.Future[Any]] = {collect, gone}

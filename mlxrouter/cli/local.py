@@ -50,7 +50,7 @@ def _with_progress(title: str, work: Callable[[Callable[[str, float], None]], Pa
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..demo import DEMO_MODEL_ID, ensure_demo_model
+    from ..demo import DEMO_MODEL_ID, ensure_demo_embedding_model, ensure_demo_model
     from ..server import run, setup_logging
 
     config, path = common.load(args)
@@ -62,6 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _with_progress(
             "Preparing the demo model", lambda p: ensure_demo_model(models_dir, progress=p)
         )
+        ensure_demo_embedding_model(models_dir)  # served beside it: all-MiniLM-L6-v2
         if config.default_model is None:
             overrides["default_model"] = DEMO_MODEL_ID
             config = msgspec.structs.replace(config, default_model=DEMO_MODEL_ID)

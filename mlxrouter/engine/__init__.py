@@ -23,6 +23,8 @@ Modules, one concern each (only those marked MLX import `mlx` / `mlx_lm`):
 - `output` (MLX via mlx_lm's `TextStateMachine`): `SequenceOutput`, one sequence's tokens in,
   `Chunk`s and `Finished` out: detokenizing, reasoning between thinking markers, stop strings in
   text, tool-call segments.
+- `embedding` (MLX): embedding models: loading, per-input checks, a queue per model run one
+  padded batch per engine turn, pooling and normalisation; `bert` (MLX): the BERT encoder.
 - `constrain` (MLX, llguidance): grammars for JSON schemas and forced tool calls, and the
   logits processor that masks every token leaving the grammar (from `</think>` on).
 
@@ -36,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 from .bridge import GenerationStream
 from .types import (
     Chunk,
+    Embedded,
+    EmbeddingRequest,
     Event,
     Finished,
     GenerationRequest,
@@ -53,6 +57,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Chunk",
+    "Embedded",
+    "EmbeddingRequest",
     "Engine",
     "Event",
     "Finished",

@@ -31,6 +31,7 @@ from mlx_lm.generate import BatchGenerator, make_stop_sequences
 
 from ..errors import EngineError, ModelLoadError
 from .bridge import Command, GenerationStream, Outbox, reject, resolve
+from .embedding import Embedders
 from .loading import (
     LOAD_SLICE_BYTES,
     MemoryWatch,
@@ -51,7 +52,7 @@ from .prompt import (
 )
 from .sampling import logits_processors, sampler_for
 from .solo import Decoding, SoloSequence, end_solos, solo_plan, start_solo, step_solos
-from .types import GenerationRequest, LoadSpec, ModelInfo, Started
+from .types import EmbeddingRequest, GenerationRequest, LoadSpec, ModelInfo, Started
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -122,6 +123,7 @@ class Engine:
         self._started = threading.Event()
         self._commands: queue.SimpleQueue[Command | None] = queue.SimpleQueue()
         self._models: dict[str, _LoadedModel] = {}
+        self._embedders = Embedders()  # embedding models: batches between the decoding steps
         self._loads = PendingLoads(wake=self._wake, name=name)
         self._outbox = Outbox()
         self._stop = False
@@ -155,12 +157,17 @@ class Engine:
         """Drop a model; its in-flight requests end with an error. Memory is returned."""
         await self.call(lambda: self._unload(key))
 
-    async def generate(self, key: str, request: GenerationRequest) -> GenerationStream:
+    async def generate(
+        self, key: str, request: GenerationRequest | EmbeddingRequest
+    ) -> GenerationStream:
         """Queue a request on a loaded model and return its channel once the prompt is
         accepted (so prompt errors surface before any response is sent)."""
         loop = asyncio.get_running_loop()
         stream = GenerationStream(loop, self._wake, self._outbox)
-        await self.call(lambda: self._submit(key, request, stream))
+        if isinstance(request, EmbeddingRequest):
+            await self.call(lambda: self._embedders.submit(key, request, stream))
+        else:
+            await self.call(lambda: self._submit(key, request, stream))
         return stream
 
     async def count_tokens(self, key: str, request: GenerationRequest) -> int:
@@ -220,6 +227,7 @@ class Engine:
         try:
             while not self._stop:
                 busy = any(m.busy for m in self._models.values()) or self._loads.reading
+                busy = busy or self._embedders.busy
                 self._drain_commands(block=not busy)
                 self._outbox.flush()  # Started events and errors of the commands just run
                 self._step_all()
@@ -233,6 +241,7 @@ class Engine:
                 for seq in loaded.sequences.values():
                     seq.stream.emit(EngineError("The generation engine failed"))
                 end_solos(loaded.solos, EngineError("The generation engine failed"))
+            self._embedders.fail_all(EngineError("The generation engine failed"))
         finally:
             self._outbox.flush()
             self._loads.fail_all(EngineError("The generation engine stopped"))
@@ -247,6 +256,7 @@ class Engine:
                 self._step_safely(loaded)
             if loaded.solos:
                 step_solos(loaded.solos, loaded.spec.key)
+        self._embedders.step(self._stream)
 
     def _drain_commands(self, *, block: bool) -> None:
         """Run the queued commands. `block` (the engine is idle): wait for the first, then
@@ -285,6 +295,9 @@ class Engine:
         is read a slice per engine step (`_advance_loads`)."""
         if spec.key in self._models:
             resolve(loaded, self._models[spec.key].info)
+            return
+        if spec.embedding:
+            resolve(loaded, self._embedders.load(spec))
             return
         if self._loads.join(spec, loaded):
             return
@@ -328,6 +341,9 @@ class Engine:
 
     def _unload(self, key: str) -> None:
         self._loads.abandon(key, ModelLoadError(f"The model `{key}` was unloaded"))
+        if key in self._embedders:
+            self._embedders.unload(key, EngineError(f"The model `{key}` was unloaded"))
+            free_memory()
         loaded = self._models.pop(key, None)
         if loaded is None:
             return

@@ -21,6 +21,8 @@ class LoadSpec:
     trust_remote_code: bool = False
     #: adapters: the pool key of the loaded base whose arrays the adapter shares
     base_key: str | None = None
+    #: an embedding model: loaded as an encoder (`engine.embedding`), never for generation
+    embedding: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,4 +166,24 @@ class Finished:
     generation_seconds: float = 0.0
 
 
-Event = Started | Chunk | Finished
+@dataclass(frozen=True, slots=True)
+class EmbeddingRequest:
+    """Inputs to embed, in engine terms: texts or token-id lists (not both kinds needed)."""
+
+    inputs: tuple[str | tuple[int, ...], ...]
+    #: cut an input longer than the model's limit to it (Ollama) instead of refusing it
+    truncate: bool = False
+    #: the surface's name for the inputs, in errors naming one (`input`, `prompt`)
+    param: str = "input"
+
+
+@dataclass(frozen=True, slots=True)
+class Embedded:
+    """An embedding request's answer, before its `Finished`: one vector per input, in order
+    (float32, pooled and normalised as the model's configuration says)."""
+
+    vectors: Any  # numpy float32 array of shape (inputs, dimensions)
+    prompt_tokens: int
+
+
+Event = Started | Chunk | Finished | Embedded

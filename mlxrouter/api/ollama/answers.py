@@ -85,21 +85,23 @@ def tags(cards: Sequence[ModelCard]) -> TagsAnswer:
 
 
 def show(card: ModelCard) -> ShowAnswer:
-    """Ollama's `capabilities`: `completion` (every served model generates), then the card's
-    `tools`, `thinking` and `vision`."""
+    """Ollama's `capabilities`: `completion` (every chat model generates), then the card's
+    `tools`, `thinking` and `vision`; an embedding model's are `embedding` alone."""
     architecture = card.architecture or UNKNOWN_ARCHITECTURE
     # clients read the context under the architecture's name, as Ollama keys GGUF metadata
     info: dict[str, object] = {"general.architecture": architecture}
     if card.context_length:
         info[f"{architecture}.context_length"] = card.context_length
     shown = [c for c in _SHOWN_CAPABILITIES if c in card.capabilities]
+    if card.type == "embedding":
+        info[f"{architecture}.embedding_length"] = card.dimensions
     return ShowAnswer(
         modelfile="",
         parameters="",
         template="",
         details=details(card),
         model_info=info,
-        capabilities=["completion", *shown],
+        capabilities=["embedding"] if card.type == "embedding" else ["completion", *shown],
         modified_at=timestamp(card.created),
     )
 

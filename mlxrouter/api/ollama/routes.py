@@ -1,6 +1,7 @@
 """Ollama's API under `/api/`: discovery (`version`, `tags`, `show`, `ps`) for the IDE plugins
-that find models this way (Copilot BYOK, JetBrains, Open WebUI), and `chat` / `generate`
-through the same `CompletionSession` as every surface, streamed as NDJSON by default. Errors
+that find models this way (Copilot BYOK, JetBrains, Open WebUI), and `chat` / `generate` /
+`embed` / `embeddings` through the same `CompletionSession` as every surface, the generations
+streamed as NDJSON by default. Errors
 are Ollama's `{"error": "..."}` (api/envelopes.py, chosen by the path)."""
 
 from __future__ import annotations
@@ -9,23 +10,28 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-from litestar import MediaType, Request, Response, get, post
+import numpy as np
+from litestar import Request, Response, get, post
 from litestar.datastructures import State
 from litestar.params import JSONBody
 from litestar.response import Stream
 
 from ...config import ModelSettings
 from ...daemon import Daemon
-from ...engine import GenerationRequest
+from ...engine import EmbeddingRequest, GenerationRequest
 from ..convert import keep_alive as parse_keep_alive
-from ..envelopes import OllamaError
+from ..embeddings import check_dimensions, embedding_request
 from ..session import CompletionSession, SessionStream
 from . import answers, convert
 from .schemas import (
     ChatReply,
     ChatRequest,
+    EmbedAnswer,
+    EmbedRequest,
     GenerateReply,
     GenerateRequest,
+    LegacyEmbeddingsAnswer,
+    LegacyEmbeddingsRequest,
     RunningAnswer,
     ShowAnswer,
     ShowRequest,
@@ -124,11 +130,59 @@ async def _complete(
     return Response(replies.whole((await session.answers(request))[0]))
 
 
-@post(["/api/embed", "/api/embeddings"], status_code=501, include_in_schema=False)
-async def embed() -> Response[OllamaError]:
-    """Embeddings are not served yet; a clear answer beats a 404."""
-    message = "Embeddings are not supported by mlxrouter yet"
-    return Response(OllamaError(error=message), status_code=501, media_type=MediaType.JSON)
+@post("/api/embed", status_code=200)
+async def embed(
+    request: Request[Any, Any, Any], state: State, data: JSONBody[EmbedRequest]
+) -> EmbedAnswer:
+    """Ollama's embeddings: `input` a string or a list of them, truncated by default."""
+    started = time.perf_counter()
+    daemon = _daemon(state)
+    model = convert.model_id(data.model)
+    job = embedding_request(
+        data.input, limit=daemon.config.max_embedding_inputs, truncate=data.truncate
+    )
+    check_dimensions(daemon, model, data.dimensions)
+    vectors, session = await _embed(request, daemon, model, data.keep_alive, job)
+    end = time.perf_counter()
+    leased = session.record.leased_at or end
+    return EmbedAnswer(
+        model=data.model,
+        embeddings=vectors.tolist(),
+        total_duration=int((end - started) * 1e9),
+        load_duration=int((leased - started) * 1e9),
+        prompt_eval_count=session.started[0].prompt_tokens if session.started else 0,
+    )
 
 
-ROUTES = [version, tags, show, running, chat, generate, embed]
+@post("/api/embeddings", status_code=200)
+async def embeddings(
+    request: Request[Any, Any, Any], state: State, data: JSONBody[LegacyEmbeddingsRequest]
+) -> LegacyEmbeddingsAnswer:
+    """The older form: one `prompt`, one `embedding` (truncated, as Ollama does)."""
+    daemon = _daemon(state)
+    job = embedding_request(data.prompt, limit=1, truncate=True, param="prompt")
+    vectors, _ = await _embed(request, daemon, convert.model_id(data.model), data.keep_alive, job)
+    return LegacyEmbeddingsAnswer(embedding=vectors[0].tolist())
+
+
+async def _embed(
+    request: Request[Any, Any, Any],
+    daemon: Daemon,
+    model: str,
+    keep_alive: str | float | None,
+    job: EmbeddingRequest,
+) -> tuple[np.ndarray, CompletionSession]:
+    session = CompletionSession(
+        daemon,
+        "ollama-embed",
+        model=model,
+        adapters=None,
+        keep_alive=parse_keep_alive(keep_alive),
+        serves="embedding",
+    )
+    await session.open(lambda _: [job])
+    answer = await session.embeddings(request)
+    return np.asarray(answer.vectors, dtype=np.float32), session
+
+
+ROUTES = [version, tags, show, running, chat, generate, embed, embeddings]

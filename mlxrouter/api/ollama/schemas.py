@@ -184,3 +184,38 @@ class ChatReply(_Reply, kw_only=True, omit_defaults=True):
 class GenerateReply(_Reply, kw_only=True, omit_defaults=True):
     response: str
     thinking: str | None = None
+
+
+class EmbedRequest(msgspec.Struct, kw_only=True):
+    """`POST /api/embed`."""
+
+    model: str
+    #: a string or a list of strings
+    input: str | list[Any]
+    #: cut inputs longer than the model's limit (Ollama's default) instead of refusing them
+    truncate: bool = True
+    dimensions: int | None = None
+    keep_alive: str | float | None = None
+    options: dict[str, Any] | None = None
+
+
+class EmbedAnswer(msgspec.Struct, kw_only=True):
+    model: str
+    embeddings: list[list[float]]
+    #: nanoseconds, as Ollama counts them
+    total_duration: int
+    load_duration: int
+    prompt_eval_count: int
+
+
+class LegacyEmbeddingsRequest(msgspec.Struct, kw_only=True):
+    """`POST /api/embeddings`, the older form: one `prompt`."""
+
+    model: str
+    prompt: str
+    keep_alive: str | float | None = None
+    options: dict[str, Any] | None = None
+
+
+class LegacyEmbeddingsAnswer(msgspec.Struct, kw_only=True):
+    embedding: list[float]
