@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import mlx.core as mx
-from mlx_lm.generate import BatchGenerator, make_stop_sequences
+from mlx_lm.generate import BatchGenerator
 
 from ..errors import EngineError, ModelLoadError
+from .admission import prepare
 from .bridge import Command, GenerationStream, Outbox, reject, resolve
 from .loading import (
     LOAD_SLICE_BYTES,
@@ -41,16 +42,8 @@ from .loading import (
 )
 from .output import SequenceOutput
 from .prefix import PrefixCache
-from .prompt import (
-    check_token_ids,
-    context_length,
-    effective_context,
-    encode_prompt,
-    thinking_markers,
-    token_budget,
-)
-from .sampling import logits_processors, sampler_for
-from .solo import Decoding, SoloSequence, end_solos, solo_plan, start_solo, step_solos
+from .prompt import context_length, encode_prompt
+from .solo import SoloSequence, end_solos, start_solo, step_solos
 from .types import GenerationRequest, LoadSpec, ModelInfo, Started
 
 log = logging.getLogger(__name__)
@@ -345,59 +338,35 @@ class Engine:
         loaded = self._models.get(key)
         if loaded is None:
             raise EngineError(f"The model `{key}` is not loaded")
-        tokenizer, options = loaded.tokenizer, request.options
-        prompt = encode_prompt(tokenizer, request)
-        thinking = thinking_markers(tokenizer, request, prompt)
-        context = effective_context(loaded.info.context_length, options.context_length)
-        max_tokens = token_budget(request, len(prompt), context)
-        check_token_ids(request, loaded.info.vocab_size)
-        solo, draft, kind = solo_plan(request, loaded, self._models)
-        # A drafted sequence starts afresh (mlx_lm rewinds its caches).
-        cache, rest = (None, prompt) if draft else loaded.prefix.fetch(prompt, kind)
-        cached = len(prompt) - len(rest)
-        sampler = sampler_for(request.sampling, tokenizer)
-        processors = logits_processors(
-            request,
-            tokenizer,
-            # mlx_lm's solo generators show processors the tokens run, not the cached prefix
-            prompt_tokens=len(rest) if solo else len(prompt),
-            vocab_size=loaded.info.vocab_size,
-            grammar_tokenizer=loaded.grammar_tokenizer,
-            thinking=thinking,
-        )
-        # Stop strings end the answer, not its reasoning: with thinking markers they are
-        # found in the answer's text (SequenceOutput), not by mlx_lm's token matcher.
-        stop = make_stop_sequences(tokenizer, [] if thinking else list(request.stop))
-        decoding = Decoding(sampler, processors, max_tokens, stop)
-        output = SequenceOutput(
-            tokenizer, request, prompt_tokens=len(prompt), cached_tokens=cached, thinking=thinking
-        )
-        if solo:
+        ready = prepare(loaded, request, self._models)
+        if ready.solo:
+            prompt, kind = ready.prompt, ready.kind
             sequence = start_solo(
                 loaded.model,
-                rest,
-                (stream, output, decoding),
-                options=options,
+                ready.rest,
+                (stream, ready.output(loaded.tokenizer), ready.decoding),
+                options=request.options,
                 mx_stream=self._stream,
-                cache=cache,
+                cache=ready.cache,
                 keep=lambda tokens, kv: loaded.prefix.keep(prompt + tokens, kv, kind),
-                draft=draft,
+                draft=ready.draft,
             )
             loaded.solos.append(sequence)
         else:
             if loaded.batch is None:
                 loaded.batch = BatchGenerator(loaded.model, stream=self._stream)
+            decoding, cached = ready.decoding, ready.cached
             (uid,) = loaded.batch.insert(
-                [rest],
-                max_tokens=[max_tokens],
-                caches=[cache] if cache is not None else None,
-                all_tokens=[prompt[:cached]],
-                samplers=[sampler],
-                logits_processors=[processors],
-                stop_sequences=[stop],
+                [ready.rest],
+                max_tokens=[decoding.max_tokens],
+                caches=[ready.cache] if ready.cache is not None else None,
+                all_tokens=[ready.prompt[:cached]],
+                samplers=[decoding.sampler],
+                logits_processors=[decoding.processors],
+                stop_sequences=[decoding.stop],
             )
-            loaded.sequences[uid] = _Sequence(stream, output)
-        stream.emit(Started(prompt_tokens=len(prompt), cached_tokens=cached))
+            loaded.sequences[uid] = _Sequence(stream, ready.output(loaded.tokenizer))
+        stream.emit(Started(prompt_tokens=len(ready.prompt), cached_tokens=ready.cached))
 
     def _step_safely(self, loaded: _LoadedModel) -> None:
         """A failure while decoding fails that model's requests, not the thread."""
