@@ -30,7 +30,7 @@ import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 
 from ..errors import EngineError, ModelLoadError
-from .admission import prepare
+from .admission import Prepared, prepare
 from .bridge import Command, GenerationStream, Outbox, reject, resolve
 from .loading import (
     LOAD_SLICE_BYTES,
@@ -41,7 +41,7 @@ from .loading import (
     free_memory,
 )
 from .output import SequenceOutput
-from .prefix import PrefixCache
+from .prefix import Prefills, PrefixCache
 from .prompt import context_length, encode_prompt
 from .solo import SoloSequence, end_solos, start_solo, step_solos
 from .types import GenerationRequest, LoadSpec, ModelInfo, Started
@@ -74,10 +74,12 @@ class _LoadedModel:
     model: Any
     tokenizer: Any
     info: ModelInfo
-    prefix: PrefixCache  # finished sequences' KV caches by token prefix
+    prefix: PrefixCache  # prefilled prompts' and finished sequences' KV caches by prefix
     batch: Any = None  # BatchGenerator, made on first use
     ll_tokenizer: Any = None  # llguidance's tokenizer, made on the first constrained request
     sequences: dict[int, _Sequence] = field(default_factory=dict)
+    #: batched prefills under way, and requests waiting to start from one's KV cache
+    prefills: Prefills = field(default_factory=Prefills)
     #: requests the batch cannot take (a draft model, a quantized KV cache): `solo`
     solos: list[SoloSequence] = field(default_factory=list)
 
@@ -225,6 +227,8 @@ class Engine:
             for loaded in self._models.values():
                 for seq in loaded.sequences.values():
                     seq.stream.emit(EngineError("The generation engine failed"))
+                for stream, _ in loaded.prefills.clear():
+                    stream.emit(EngineError("The generation engine failed"))
                 end_solos(loaded.solos, EngineError("The generation engine failed"))
         finally:
             self._outbox.flush()
@@ -325,6 +329,8 @@ class Engine:
         gone = EngineError(f"The model `{key}` was unloaded")
         for seq in loaded.sequences.values():
             seq.stream.emit(gone)
+        for stream, _ in loaded.prefills.clear():
+            stream.emit(gone)
         end_solos(loaded.solos, gone)
         for other in self._models.values():  # sequences it was drafting for
             end_solos(other.solos, gone, drafted_by=key)
@@ -352,21 +358,50 @@ class Engine:
                 draft=ready.draft,
             )
             loaded.solos.append(sequence)
+            stream.emit(Started(prompt_tokens=len(ready.prompt), cached_tokens=ready.cached))
         else:
-            if loaded.batch is None:
-                loaded.batch = BatchGenerator(loaded.model, stream=self._stream)
-            decoding, cached = ready.decoding, ready.cached
-            (uid,) = loaded.batch.insert(
-                [ready.rest],
-                max_tokens=[decoding.max_tokens],
-                caches=[ready.cache] if ready.cache is not None else None,
-                all_tokens=[ready.prompt[:cached]],
-                samplers=[decoding.sampler],
-                logits_processors=[decoding.processors],
-                stop_sequences=[decoding.stop],
-            )
-            loaded.sequences[uid] = _Sequence(stream, ready.output(loaded.tokenizer))
+            self._batch(loaded, stream, ready)
+
+    def _batch(self, loaded: _LoadedModel, stream: GenerationStream, ready: Prepared) -> None:
+        """Add a request to its model's batch, or have it wait for a prefill under way that
+        covers more of its prompt than the cache does (`Prefills.owner`)."""
+        owner = loaded.prefills.owner(ready.prompt, ready.cached) if loaded.prefix.on else None
+        if owner is not None:
+            ready.cache = None  # fetched again, longer, when the owner's prefill ends
+            loaded.prefills.wait(owner, (stream, ready))
+            return
+        if loaded.batch is None:
+            loaded.batch = BatchGenerator(loaded.model, stream=self._stream)
+        decoding, cached = ready.decoding, ready.cached
+        (uid,) = loaded.batch.insert(
+            [ready.rest],
+            max_tokens=[decoding.max_tokens],
+            caches=[ready.cache] if ready.cache is not None else None,
+            all_tokens=[ready.prompt[:cached]],
+            samplers=[decoding.sampler],
+            logits_processors=[decoding.processors],
+            stop_sequences=[decoding.stop],
+        )
+        ready.cache = None  # the batch owns it now
+        loaded.sequences[uid] = _Sequence(stream, ready.output(loaded.tokenizer))
+        if len(ready.rest) > 1 and loaded.prefix.on:
+            loaded.prefills.start(uid, ready.prompt)
         stream.emit(Started(prompt_tokens=len(ready.prompt), cached_tokens=ready.cached))
+
+    def _prefilled(self, loaded: _LoadedModel, uids: list[int]) -> None:
+        """Sequences whose prompt (all but its last token) was just prefilled: their KV
+        caches join the prompt cache at once, and the requests waiting for them start from
+        it (mlx_lm.server's caches saved at the end of a prompt segment)."""
+        for cache, tokens in loaded.batch.extract_cache(uids).values():
+            loaded.prefix.keep(list(tokens), cache)
+        self._release(loaded, uids)
+
+    def _release(self, loaded: _LoadedModel, uids: list[int]) -> None:
+        """The prefills of `uids` ended or stopped: whoever waited for them goes on."""
+        for uid in uids:
+            for stream, ready in loaded.prefills.end(uid):
+                ready.cache, ready.rest = loaded.prefix.fetch(ready.prompt, ready.kind)
+                self._batch(loaded, stream, ready)
 
     def _step_safely(self, loaded: _LoadedModel) -> None:
         """A failure while decoding fails that model's requests, not the thread."""
@@ -376,6 +411,8 @@ class Engine:
             log.exception("decoding on %s failed; its requests end with an error", loaded.spec.key)
             for seq in loaded.sequences.values():
                 seq.stream.emit(EngineError("Generation failed on this model"))
+            for stream, _ in loaded.prefills.clear():
+                stream.emit(EngineError("Generation failed on this model"))
             loaded.sequences.clear()
             loaded.batch = None
 
@@ -386,9 +423,13 @@ class Engine:
             loaded.batch.remove(cancelled)
             for uid in cancelled:
                 del loaded.sequences[uid]
+            self._release(loaded, cancelled)
             if not loaded.sequences:
                 return
-        _, responses = loaded.batch.next()
+        prefills, responses = loaded.batch.next()
+        prefilled = [r.uid for r in prefills if r.end_of_segment and not r.end_of_prompt]
+        if prefilled:
+            self._prefilled(loaded, prefilled)
         finished: list[int] = []
         for response in responses:
             seq = loaded.sequences.get(response.uid)
