@@ -18,6 +18,7 @@ PACKAGE = REPO / "mlxrouter"
 MLX_MODULES = {
     "mlxrouter.engine.engine",
     "mlxrouter.engine.admission",
+    "mlxrouter.engine.disk_cache",
     "mlxrouter.engine.loading",
     "mlxrouter.engine.sampling",
     "mlxrouter.engine.output",

@@ -32,6 +32,7 @@ from mlx_lm.generate import BatchGenerator
 from ..errors import EngineError, ModelLoadError
 from .admission import Prepared, prepare
 from .bridge import Command, GenerationStream, Outbox, reject, resolve
+from .disk_cache import DiskCache
 from .loading import (
     LOAD_SLICE_BYTES,
     MemoryWatch,
@@ -41,7 +42,7 @@ from .loading import (
     free_memory,
 )
 from .output import SequenceOutput
-from .prefix import Prefills, PrefixCache
+from .prefix import CacheCounts, Prefills, PrefixCache
 from .prompt import context_length, encode_prompt
 from .solo import SoloSequence, end_solos, start_solo, step_solos
 from .types import GenerationRequest, LoadSpec, ModelInfo, Started
@@ -107,9 +108,14 @@ class Engine:
         prompt_cache_bytes: int = 256 * 2**20,
         load_slice_bytes: int = LOAD_SLICE_BYTES,
         mlx_cache_bytes: int | None = None,
+        disk_cache: DiskCache | None = None,
     ) -> None:
         #: KV caches kept per loaded entry for prefix reuse; 0 turns reuse off
         self.prompt_cache_bytes = prompt_cache_bytes
+        #: prompt caches written when a model unloads and read back (None: off)
+        self.disk_cache = disk_cache
+        #: prompt-cache hits and misses per tier (plain ints: /metrics reads them)
+        self.cache_counts = CacheCounts()
         #: weight bytes evaluated per engine step while a model loads
         self.load_slice_bytes = load_slice_bytes
         #: MLX's buffer-cache limit (None: MLX's default) and figures
@@ -184,6 +190,23 @@ class Engine:
         """Change MLX's buffer-cache limit (a live config edit; None: MLX's default); MLX
         trims a cache over the new limit."""
         await self.call(lambda: self.mlx_memory.set_cache_limit(nbytes))
+
+    def prompt_cache_figures(self) -> dict[str, int]:
+        """Any thread: prompt-cache hits and misses per tier, and the disk cache's bytes."""
+        counts = self.cache_counts
+        return {
+            "memory_hits": counts.memory_hits,
+            "memory_misses": counts.memory_misses,
+            "disk_hits": counts.disk_hits,
+            "disk_misses": counts.disk_misses,
+            "disk_bytes": self.disk_cache.nbytes if self.disk_cache is not None else 0,
+        }
+
+    async def set_disk_cache_bytes(self, nbytes: int) -> None:
+        """A live config edit of the disk cache's budget: files over it go now."""
+        if self.disk_cache is not None:
+            disk = self.disk_cache
+            await self.call(lambda: disk.resize(nbytes))
 
     def memory(self) -> MlxMemory:
         """Any thread: MLX's active, cache and peak bytes as of the engine's last command or
@@ -316,9 +339,14 @@ class Engine:
             has_chat_template=bool(tokenizer.has_chat_template),
             load_seconds=time.perf_counter() - started,
         )
-        self._models[spec.key] = _LoadedModel(
-            spec, model, tokenizer, info, PrefixCache(spec.key, self.prompt_cache_bytes)
+        prefix = PrefixCache(
+            spec.key,
+            self.prompt_cache_bytes,
+            counts=self.cache_counts,
+            disk=self.disk_cache,
+            fingerprint=spec.fingerprint,
         )
+        self._models[spec.key] = _LoadedModel(spec, model, tokenizer, info, prefix)
         return info
 
     def _unload(self, key: str) -> None:
@@ -336,6 +364,10 @@ class Engine:
             end_solos(other.solos, gone, drafted_by=key)
         if loaded.batch is not None:
             loaded.batch.close()
+        try:
+            loaded.prefix.persist()  # blocks this thread while it writes (see disk_cache)
+        except Exception:
+            log.exception("writing the prompt caches of %s failed", key)
         del loaded
         # Drop the last references, then hand the buffers back to the OS.
         free_memory()

@@ -9,18 +9,47 @@ Engine thread only: the caches are MLX arrays.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from mlx_lm.models.cache import LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
 
+if TYPE_CHECKING:
+    from .disk_cache import DiskCache
+
+
+@dataclass(slots=True)
+class CacheCounts:
+    """Requests that found a cached prefix (hits) or none (misses), per tier, for /metrics;
+    the engine's, across its models' lives. A disk hit: the disk held a longer prefix than
+    memory did."""
+
+    memory_hits: int = 0
+    memory_misses: int = 0
+    disk_hits: int = 0
+    disk_misses: int = 0
+
 
 class PrefixCache:
-    """One loaded model's prompt cache; `max_bytes` 0 turns prefix reuse off."""
+    """One loaded model's prompt cache; `max_bytes` 0 turns prefix reuse off. With `disk`
+    (and the weights' `fingerprint`), caches also come back from, and go to, the disk."""
 
-    def __init__(self, key: str, max_bytes: int) -> None:
+    def __init__(
+        self,
+        key: str,
+        max_bytes: int,
+        *,
+        counts: CacheCounts | None = None,
+        disk: DiskCache | None = None,
+        fingerprint: str = "",
+    ) -> None:
         self.key = key
         self.max_bytes = max_bytes
         self._cache = LRUPromptCache(max_bytes=max_bytes)
+        self.counts = counts if counts is not None else CacheCounts()
+        self.disk = disk if fingerprint else None  # without a fingerprint, a change goes unseen
+        self.fingerprint = fingerprint
 
     @property
     def on(self) -> bool:
@@ -43,6 +72,19 @@ class PrefixCache:
         if self.max_bytes <= 0:
             return None, prompt
         cache, rest = self._cache.fetch_nearest_cache(self.key + kind, prompt)
+        cached = len(prompt) - len(rest)
+        if cached:
+            self.counts.memory_hits += 1
+        else:
+            self.counts.memory_misses += 1
+        if self.disk is not None and self.disk.on:
+            found = self.disk.find(self.key, self.fingerprint, kind, prompt, better_than=cached)
+            if found is None:
+                self.counts.disk_misses += 1
+            else:
+                self.counts.disk_hits += 1
+                self.keep(*found, kind)
+                cache, rest = self._cache.fetch_nearest_cache(self.key + kind, prompt)
         if cache is not None and not rest:
             if not can_trim_prompt_cache(cache):
                 return None, prompt
@@ -55,6 +97,25 @@ class PrefixCache:
         a request sharing a prefix starts from it."""
         if self.max_bytes > 0 and cache is not None:
             self._cache.insert_cache(self.key + kind, list(tokens), cache)
+
+    def persist(self) -> int:
+        """Write this model's caches to the disk cache (its model unloads): the most recent
+        ones that fit the disk's budget, oldest first, so the newest are the last to go.
+        Returns how many were written."""
+        if self.disk is None or not self.disk.on or self.max_bytes <= 0:
+            return 0
+        chosen, total = [], 0
+        # mlx_lm 0.32's LRU order: (key, tokens) per cache type, oldest first
+        for model, tokens in reversed(self._cache._lru._lrus["assistant"]):
+            entry = self._cache._trie.get(model, tokens)
+            if total + entry.nbytes > self.disk.budget:
+                break
+            chosen.append((model[len(self.key) :], tokens, entry.prompt_cache))
+            total += entry.nbytes
+        return sum(
+            self.disk.store(self.key, self.fingerprint, kind, list(tokens), cache)
+            for kind, tokens, cache in reversed(chosen)
+        )
 
     def keep_removed(self, batch: Any, uids: list[int]) -> None:
         """Remove sequences from an mlx_lm `BatchGenerator`, keeping their KV caches (mlx_lm
@@ -70,7 +131,7 @@ class PrefixCache:
 MIN_SHARED_TOKENS = 16
 
 
-def shared_length(a: list[int], b: list[int]) -> int:
+def shared_length(a: Sequence[int], b: Sequence[int]) -> int:
     """How many leading tokens `a` and `b` share."""
     n = 0
     for x, y in zip(a, b, strict=False):

@@ -21,6 +21,9 @@ class LoadSpec:
     trust_remote_code: bool = False
     #: adapters: the pool key of the loaded base whose arrays the adapter shares
     base_key: str | None = None
+    #: the weight files' fingerprint (discovery's): prompt caches on disk are kept per
+    #: fingerprint, so changed weights never reuse old caches; "" keeps none on disk
+    fingerprint: str = ""
 
 
 @dataclass(frozen=True, slots=True)
