@@ -23,7 +23,7 @@ TARGET = "≥ 5x without the disk cache, ≥ 5x mlx_lm.server"
 
 def conversation(rep: int) -> str:
     """About 500 SmolLM2 tokens, a different start for each rep (no shared prefix)."""
-    words = [f"{WORDS[(rep + i) % len(WORDS)]} {ANIMALS[i % len(ANIMALS)]}" for i in range(240)]
+    words = [f"{WORDS[(rep + i) % len(WORDS)]} {ANIMALS[i % len(ANIMALS)]}" for i in range(165)]
     return f"Turn {rep}: " + ", ".join(words) + "."
 
 
