@@ -27,8 +27,8 @@ def conversation(rep: int) -> str:
     return f"Turn {rep}: " + ", ".join(words) + "."
 
 
-def follow_up(prompt: str) -> dict[str, object]:
-    return {"model": "smollm2", "prompt": prompt + " And next?", "max_tokens": 4, "temperature": 0}
+def follow_up(prompt: str, model: str) -> dict[str, object]:
+    return {"model": model, "prompt": prompt + " And next?", "max_tokens": 4, "temperature": 0}
 
 
 def after_unload(server: Server, rep: int) -> float:
@@ -37,19 +37,20 @@ def after_unload(server: Server, rep: int) -> float:
     with httpx.Client(base_url=server.url, timeout=600) as client:
         completion(client, {"model": "smollm2", "prompt": prompt, "max_tokens": 1})
         client.post("/admin/unload", json={"model": "smollm2"}).raise_for_status()
-        timed = streamed_completion(client, follow_up(prompt))
+        timed = streamed_completion(client, follow_up(prompt, "smollm2"))
     return timed.ttft or timed.seconds
 
 
-def after_restart(server: Server, rep: int) -> tuple[float, int]:
-    """TTFT (and cached tokens) of a conversation's next turn after the server restarted."""
+def after_restart(server: Server, rep: int, model: str = "smollm2") -> tuple[float, int]:
+    """TTFT (and cached tokens) of a conversation's next turn after the server restarted;
+    `model`: the name the server knows it by (mlx_lm.server: its path)."""
     prompt = conversation(rep)
     with httpx.Client(base_url=server.url, timeout=600) as client:
-        completion(client, {"model": "smollm2", "prompt": prompt, "max_tokens": 1})
+        completion(client, {"model": model, "prompt": prompt, "max_tokens": 1})
     server.stop()
     server.start()
     with httpx.Client(base_url=server.url, timeout=600) as client:
-        timed = streamed_completion(client, follow_up(prompt))
+        timed = streamed_completion(client, follow_up(prompt, model))
     return timed.ttft or timed.seconds, timed.cached
 
 
@@ -66,7 +67,8 @@ def measure(bench: Bench, fig: Figure) -> None:
         restarted, cached = after_restart(server, 100)
         server.stop()
         results[name] = {"evicted": evicted, "restarted": restarted, "cached": cached}
-    server_ttft = median([after_restart(bench.server, 200 + rep)[0] for rep in range(reps)])
+    smol = str(bench.smol)
+    server_ttft = median([after_restart(bench.server, 200 + r, smol)[0] for r in range(reps)])
     ours, plain = results["with the disk cache"], results["without"]
     fig.ours, fig.theirs = fmt_s(ours["evicted"]), fmt_s(plain["evicted"])
     fig.ratio = plain["evicted"] / ours["evicted"]
