@@ -43,6 +43,11 @@ class PoolConfig(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True)
     #: top of the entries' memory (not counted in max_memory); null = MLX's own default (on
     #: Metal, up to MLX's memory limit: most of the GPU's working set)
     mlx_cache_bytes: ByteSize | None = ByteSize.parse("256MiB")
+    #: prompt caches written to disk (the cache folder) when an entry is evicted or unloaded
+    #: or the daemon stops, and read back when a prompt's prefix matches, also after a
+    #: restart; least recently used files go first; null = 10% of the free disk, at most
+    #: 20GB; 0 turns it off
+    disk_cache_bytes: ByteSize | None = None
 
 
 class ResponsesConfig(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):

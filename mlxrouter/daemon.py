@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -25,6 +26,7 @@ from .distributed import Groups, RoutedLoader
 from .engine import EmbeddingRequest, GenerationRequest, GenerationStream
 from .errors import InvalidRequestError, MlxRouterError, ShuttingDownError
 from .metrics import Metrics
+from .paths import default_paths
 from .pool import Lease, Pool, PoolLimits
 from .registry import Registry, RegistryDiff, build_registry, diff_registries, with_remote
 from .reloader import Reloader
@@ -70,6 +72,25 @@ def pool_limits(config: Config) -> PoolLimits:
     )
 
 
+#: bytes: the default disk budget's cap (below it, 10% of the free disk)
+DISK_CACHE_CAP_BYTES = 20 * 10**9
+
+
+def disk_cache_budget(config: Config) -> int:
+    """`pool.disk_cache_bytes`, or its default: 10% of the cache folder's free disk, at
+    most 20GB."""
+    if config.pool.disk_cache_bytes is not None:
+        return int(config.pool.disk_cache_bytes)
+    folder = default_paths().cache_dir
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return 0
+    return min(free // 10, DISK_CACHE_CAP_BYTES)
+
+
 def distributed_entries(registry: Registry) -> dict[str, DistributedConfig]:
     return {e.id: e.options.distributed for e in registry if e.options.distributed is not None}
 
@@ -88,6 +109,7 @@ class Daemon:
         overrides: Mapping[str, Any] | None = None,
     ) -> None:
         from .engine import Engine  # mlx loads here, when a daemon is built, not on import
+        from .engine.disk_cache import DiskCache
 
         self.config = config
         #: the local snapshot (config, folders, HF cache); `registry` adds the upstreams' ids
@@ -96,12 +118,13 @@ class Daemon:
         self.engine: Engine = Engine(
             prompt_cache_bytes=config.pool.prompt_cache_bytes,
             mlx_cache_bytes=config.pool.mlx_cache_bytes,
+            disk_cache=DiskCache(default_paths().prompt_cache_dir, disk_cache_budget(config)),
         )
         #: the worker groups of `distributed:` entries; the pool loads them like models
         self.groups = Groups()
         self.groups.configure(distributed_entries(self.local_registry))
         self.pool = Pool(RoutedLoader(self.engine, self.groups), pool_limits(config))
-        self.metrics = Metrics(self.pool, self.engine.memory)
+        self.metrics = Metrics(self.pool, self.engine.memory, self.engine.prompt_cache_figures)
         self.upstreams = Upstreams(self._upstreams_changed, self.metrics.upstreams)
         self.reloader = Reloader(config_path, overrides or {}, lambda: self.config, self.apply)
         self.draining = False
@@ -176,6 +199,9 @@ class Daemon:
             await self.engine.set_prompt_cache_bytes(config.pool.prompt_cache_bytes)
         if config.pool.mlx_cache_bytes != self.engine.mlx_memory.cache_bytes:
             await self.engine.set_mlx_cache_bytes(config.pool.mlx_cache_bytes)
+        disk = self.engine.disk_cache
+        if disk is not None and disk_cache_budget(config) != disk.budget:
+            await self.engine.set_disk_cache_bytes(disk_cache_budget(config))
         return diff
 
     def _upstreams_changed(self) -> None:

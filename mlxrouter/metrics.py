@@ -4,7 +4,7 @@ Each app has its own registry, so several apps (tests) can live in one process."
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -31,9 +31,15 @@ class MlxFigures(Protocol):
 class _PoolCollector(Collector):
     """Read the pool's own numbers when scraped, instead of mirroring them on every change."""
 
-    def __init__(self, pool: Pool, memory: Callable[[], MlxFigures] | None) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        memory: Callable[[], MlxFigures] | None,
+        prompt_cache: Callable[[], Mapping[str, int]] | None = None,
+    ) -> None:
         self._pool = pool
         self._memory = memory
+        self._prompt_cache = prompt_cache
 
     def collect(self) -> Iterator[Metric]:
         pool = self._pool
@@ -64,6 +70,28 @@ class _PoolCollector(Collector):
                 ("peak", "The most bytes MLX's arrays held since start", mlx.peak_bytes),
             ):
                 yield GaugeMetricFamily(f"mlxrouter_mlx_{name}_bytes", help_text, value=value)
+        if self._prompt_cache is not None:
+            yield from prompt_cache_metrics(self._prompt_cache())
+
+
+def prompt_cache_metrics(figures: Mapping[str, int]) -> Iterator[Metric]:
+    """The engine's prompt-cache figures: requests that found a cached prefix, or none, per
+    tier (a disk hit: the disk held a longer prefix than memory), and the disk cache's bytes."""
+    for outcome, help_text in (
+        ("hits", "Requests that found a cached prompt prefix, by tier"),
+        ("misses", "Requests that found no cached prompt prefix, by tier"),
+    ):
+        family = CounterMetricFamily(
+            f"mlxrouter_prompt_cache_{outcome}", help_text, labels=["tier"]
+        )
+        for tier in ("memory", "disk"):
+            family.add_metric([tier], figures.get(f"{tier}_{outcome}", 0))
+        yield family
+    yield GaugeMetricFamily(
+        "mlxrouter_prompt_cache_disk_bytes",
+        "Bytes of prompt caches on disk",
+        value=figures.get("disk_bytes", 0),
+    )
 
 
 class UpstreamMetrics:
@@ -100,7 +128,12 @@ class UpstreamMetrics:
 
 
 class Metrics:
-    def __init__(self, pool: Pool, memory: Callable[[], MlxFigures] | None = None) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        memory: Callable[[], MlxFigures] | None = None,
+        prompt_cache: Callable[[], Mapping[str, int]] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "mlxrouter_requests",
@@ -131,7 +164,7 @@ class Metrics:
             registry=self.registry,
         )
         self.upstreams = UpstreamMetrics(self.registry)
-        self.registry.register(_PoolCollector(pool, memory))
+        self.registry.register(_PoolCollector(pool, memory, prompt_cache))
 
     def render(self) -> bytes:
         data: bytes = generate_latest(self.registry)

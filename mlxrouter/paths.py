@@ -20,6 +20,11 @@ class Paths:
     log_dir: Path
     cache_dir: Path
 
+    @property
+    def prompt_cache_dir(self) -> Path:
+        """Prompt (KV) caches kept on disk (`pool.disk_cache_bytes`)."""
+        return self.cache_dir / "prompt-cache"
+
 
 def _env_path(name: str, default: str) -> Path:
     value = os.environ.get(name)

@@ -124,14 +124,35 @@ def serve_app(app: object) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def running_daemon(config_yaml: str) -> Iterator[tuple[str, Any]]:
-    """A daemon built from YAML text, served on loopback; yields (base_url, app)."""
+def own_cache_dir(cache_dir: Path | None) -> Iterator[Path]:
+    """MLXROUTER_CACHE_DIR for one daemon: `cache_dir` (a restart shares it), or a fresh
+    folder, so no daemon reads prompt caches another test's daemon left on disk."""
+    import tempfile
+
+    saved = os.environ.get("MLXROUTER_CACHE_DIR")
+    with contextlib.ExitStack() as stack:
+        folder = cache_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        os.environ["MLXROUTER_CACHE_DIR"] = str(folder)
+        try:
+            yield folder
+        finally:
+            if saved is None:
+                os.environ.pop("MLXROUTER_CACHE_DIR", None)
+            else:
+                os.environ["MLXROUTER_CACHE_DIR"] = saved
+
+
+@contextlib.contextmanager
+def running_daemon(config_yaml: str, cache_dir: Path | None = None) -> Iterator[tuple[str, Any]]:
+    """A daemon built from YAML text, served on loopback; yields (base_url, app). Its cache
+    folder (prompt caches on disk) is `cache_dir`, or a fresh one."""
     from mlxrouter.api import create_app
     from mlxrouter.config import parse_config
 
-    app = create_app(parse_config(config_yaml), watch=False)
-    with serve_app(app) as url:
-        yield url, app
+    with own_cache_dir(cache_dir):
+        app = create_app(parse_config(config_yaml), watch=False)
+        with serve_app(app) as url:
+            yield url, app
 
 
 @contextlib.contextmanager
@@ -140,9 +161,10 @@ def watched_daemon(config_file: Path) -> Iterator[tuple[str, Any]]:
     from mlxrouter.api import create_app
     from mlxrouter.config import load_config
 
-    app = create_app(load_config(config_file), config_path=config_file)
-    with serve_app(app) as url:
-        yield url, app
+    with own_cache_dir(None):
+        app = create_app(load_config(config_file), config_path=config_file)
+        with serve_app(app) as url:
+            yield url, app
 
 
 @contextlib.contextmanager
@@ -157,15 +179,23 @@ def spawned_daemon(
     """`python -m mlxrouter serve ARGS --port 0` as a real process; yields (base URL, process)
     once its ready line says where it listens (scripts/_harness.py, shared with the scripts).
     Killed if still running at the end. `port`: a fixed port instead (a restart)."""
-    process, url = start_mlxrouter(
-        args, log=log, env={**os.environ, **(env or {})}, timeout=timeout, port=port
-    )
-    try:
-        yield url, process
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(30)
+    import tempfile
+
+    # Its own cache folder (prompt caches on disk) unless `env` names one.
+    with tempfile.TemporaryDirectory() as cache_dir:
+        process, url = start_mlxrouter(
+            args,
+            log=log,
+            env={**os.environ, "MLXROUTER_CACHE_DIR": cache_dir, **(env or {})},
+            timeout=timeout,
+            port=port,
+        )
+        try:
+            yield url, process
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(30)
 
 
 def wait_until(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -132,3 +133,48 @@ def test_usage_reports_cached_tokens(tiny_models: Path) -> None:
     assert first["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
     assert second["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
     assert second["choices"][0]["message"]["content"] == first["choices"][0]["message"]["content"]
+
+
+# A system prompt long enough that waiting for another request's prefill of it pays off.
+SYSTEM = "You are a careful assistant who answers briefly and checks every fact twice. " * 3
+QUESTIONS = ["Hi", "Why?", "Name one", "Go on", "And?"]
+
+
+def shared_chats() -> list[list[dict[str, str]]]:
+    return [
+        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}] for q in QUESTIONS
+    ]
+
+
+async def test_concurrent_requests_sharing_a_prefix_prefill_it_once(
+    engines: tuple[Engine, Engine],
+) -> None:
+    """Requests arriving together start from the first one's KV cache as soon as its prefill
+    ends (not when it finishes), and answer as they would from scratch."""
+    cached, plain = engines
+    shared = await asyncio.gather(*(answer(cached, "tiny-a", chat) for chat in shared_chats()))
+    fresh = await asyncio.gather(*(answer(plain, "tiny-a", chat) for chat in shared_chats()))
+    counts = sorted(finished.cached_tokens for _, finished in shared)
+    assert counts[0] == 0 and all(n > 0 for n in counts[1:])
+    assert [text for text, _ in shared] == [text for text, _ in fresh]
+
+
+def test_concurrent_requests_report_the_shared_prefix_as_cached(tiny_models: Path) -> None:
+    async def ask(client: Any, question: str) -> int:
+        reply = await client.chat.completions.create(
+            model="tiny-b",
+            messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}],
+            max_tokens=3,
+            temperature=0,
+        )
+        return int(reply.usage.prompt_tokens_details.cached_tokens)
+
+    async def ask_all(url: str) -> list[int]:
+        from openai import AsyncOpenAI
+
+        async with AsyncOpenAI(base_url=url + "/v1", api_key="unused") as client:
+            return await asyncio.gather(*(ask(client, q) for q in QUESTIONS))
+
+    with running_daemon(f"hf_cache: false\nmodel_dirs: [{tiny_models}]\n") as (url, _):
+        counts = sorted(asyncio.run(ask_all(url)))
+    assert counts[0] == 0 and all(n > 0 for n in counts[1:])

@@ -17,6 +17,8 @@ PACKAGE = REPO / "mlxrouter"
 #: the GGUF converter runs in the CLI's process)
 MLX_MODULES = {
     "mlxrouter.engine.engine",
+    "mlxrouter.engine.admission",
+    "mlxrouter.engine.disk_cache",
     "mlxrouter.engine.loading",
     "mlxrouter.engine.sampling",
     "mlxrouter.engine.output",

@@ -10,6 +10,11 @@ Modules, one concern each (only those marked MLX import `mlx` / `mlx_lm`):
   turn's events to each loop in one wake-up.
 - `engine` (MLX): `Engine`, the thread's loop and the public coroutines (`load`, `unload`,
   `generate`, `call`, `close`), continuous batching with mlx_lm's `BatchGenerator`.
+- `admission` (MLX): a request's preparation on a loaded model (`prepare`): prompt, budget,
+  solo plan, cached prefix, sampler, processors, stop sequences; its errors raised up front.
+- `disk_cache` (MLX): `DiskCache`, prompt caches written to disk when a model unloads and
+  read back when a prompt's prefix matches, per model id and weight fingerprint, within a
+  byte budget.
 - `prefix` (MLX): `PrefixCache`, a loaded model's prompt (KV) cache for prefix reuse.
 - `solo` (MLX): requests the batch cannot take (a draft model, a quantized KV cache), run by
   mlx_lm's own generators one token per engine turn; the draft's vocabulary check.

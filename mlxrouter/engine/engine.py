@@ -27,10 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import mlx.core as mx
-from mlx_lm.generate import BatchGenerator, make_stop_sequences
+from mlx_lm.generate import BatchGenerator
 
 from ..errors import EngineError, ModelLoadError
+from .admission import Prepared, prepare
 from .bridge import Command, GenerationStream, Outbox, reject, resolve
+from .disk_cache import DiskCache
 from .embedding import Embedders
 from .loading import (
     LOAD_SLICE_BYTES,
@@ -41,17 +43,12 @@ from .loading import (
     free_memory,
 )
 from .output import SequenceOutput
-from .prefix import PrefixCache
+from .prefix import CacheCounts, Prefills, PrefixCache
 from .prompt import (
-    check_token_ids,
     context_length,
-    effective_context,
     encode_prompt,
-    thinking_markers,
-    token_budget,
 )
-from .sampling import logits_processors, sampler_for
-from .solo import Decoding, SoloSequence, end_solos, solo_plan, start_solo, step_solos
+from .solo import SoloSequence, end_solos, start_solo, step_solos
 from .types import EmbeddingRequest, GenerationRequest, LoadSpec, ModelInfo, Started
 
 log = logging.getLogger(__name__)
@@ -82,10 +79,12 @@ class _LoadedModel:
     model: Any
     tokenizer: Any
     info: ModelInfo
-    prefix: PrefixCache  # finished sequences' KV caches by token prefix
+    prefix: PrefixCache  # prefilled prompts' and finished sequences' KV caches by prefix
     batch: Any = None  # BatchGenerator, made on first use
     ll_tokenizer: Any = None  # llguidance's tokenizer, made on the first constrained request
     sequences: dict[int, _Sequence] = field(default_factory=dict)
+    #: batched prefills under way, and requests waiting to start from one's KV cache
+    prefills: Prefills = field(default_factory=Prefills)
     #: requests the batch cannot take (a draft model, a quantized KV cache): `solo`
     solos: list[SoloSequence] = field(default_factory=list)
 
@@ -113,9 +112,14 @@ class Engine:
         prompt_cache_bytes: int = 256 * 2**20,
         load_slice_bytes: int = LOAD_SLICE_BYTES,
         mlx_cache_bytes: int | None = None,
+        disk_cache: DiskCache | None = None,
     ) -> None:
         #: KV caches kept per loaded entry for prefix reuse; 0 turns reuse off
         self.prompt_cache_bytes = prompt_cache_bytes
+        #: prompt caches written when a model unloads and read back (None: off)
+        self.disk_cache = disk_cache
+        #: prompt-cache hits and misses per tier (plain ints: /metrics reads them)
+        self.cache_counts = CacheCounts()
         #: weight bytes evaluated per engine step while a model loads
         self.load_slice_bytes = load_slice_bytes
         #: MLX's buffer-cache limit (None: MLX's default) and figures
@@ -197,6 +201,23 @@ class Engine:
         trims a cache over the new limit."""
         await self.call(lambda: self.mlx_memory.set_cache_limit(nbytes))
 
+    def prompt_cache_figures(self) -> dict[str, int]:
+        """Any thread: prompt-cache hits and misses per tier, and the disk cache's bytes."""
+        counts = self.cache_counts
+        return {
+            "memory_hits": counts.memory_hits,
+            "memory_misses": counts.memory_misses,
+            "disk_hits": counts.disk_hits,
+            "disk_misses": counts.disk_misses,
+            "disk_bytes": self.disk_cache.nbytes if self.disk_cache is not None else 0,
+        }
+
+    async def set_disk_cache_bytes(self, nbytes: int) -> None:
+        """A live config edit of the disk cache's budget: files over it go now."""
+        if self.disk_cache is not None:
+            disk = self.disk_cache
+            await self.call(lambda: disk.resize(nbytes))
+
     def memory(self) -> MlxMemory:
         """Any thread: MLX's active, cache and peak bytes as of the engine's last command or
         turn (at most one idle poll, half a second, old)."""
@@ -240,6 +261,8 @@ class Engine:
             for loaded in self._models.values():
                 for seq in loaded.sequences.values():
                     seq.stream.emit(EngineError("The generation engine failed"))
+                for stream, _ in loaded.prefills.clear():
+                    stream.emit(EngineError("The generation engine failed"))
                 end_solos(loaded.solos, EngineError("The generation engine failed"))
             self._embedders.fail_all(EngineError("The generation engine failed"))
         finally:
@@ -334,9 +357,14 @@ class Engine:
             has_chat_template=bool(tokenizer.has_chat_template),
             load_seconds=time.perf_counter() - started,
         )
-        self._models[spec.key] = _LoadedModel(
-            spec, model, tokenizer, info, PrefixCache(spec.key, self.prompt_cache_bytes)
+        prefix = PrefixCache(
+            spec.key,
+            self.prompt_cache_bytes,
+            counts=self.cache_counts,
+            disk=self.disk_cache,
+            fingerprint=spec.fingerprint,
         )
+        self._models[spec.key] = _LoadedModel(spec, model, tokenizer, info, prefix)
         return info
 
     def _unload(self, key: str) -> None:
@@ -350,11 +378,17 @@ class Engine:
         gone = EngineError(f"The model `{key}` was unloaded")
         for seq in loaded.sequences.values():
             seq.stream.emit(gone)
+        for stream, _ in loaded.prefills.clear():
+            stream.emit(gone)
         end_solos(loaded.solos, gone)
         for other in self._models.values():  # sequences it was drafting for
             end_solos(other.solos, gone, drafted_by=key)
         if loaded.batch is not None:
             loaded.batch.close()
+        try:
+            loaded.prefix.persist()  # blocks this thread while it writes (see disk_cache)
+        except Exception:
+            log.exception("writing the prompt caches of %s failed", key)
         self._loads.tokenizers.release(loaded.tokenizer)
         del loaded
         # Drop the last references, then hand the buffers back to the OS.
@@ -364,59 +398,64 @@ class Engine:
         loaded = self._models.get(key)
         if loaded is None:
             raise EngineError(f"The model `{key}` is not loaded")
-        tokenizer, options = loaded.tokenizer, request.options
-        prompt = encode_prompt(tokenizer, request)
-        thinking = thinking_markers(tokenizer, request, prompt)
-        context = effective_context(loaded.info.context_length, options.context_length)
-        max_tokens = token_budget(request, len(prompt), context)
-        check_token_ids(request, loaded.info.vocab_size)
-        solo, draft, kind = solo_plan(request, loaded, self._models)
-        # A drafted sequence starts afresh (mlx_lm rewinds its caches).
-        cache, rest = (None, prompt) if draft else loaded.prefix.fetch(prompt, kind)
-        cached = len(prompt) - len(rest)
-        sampler = sampler_for(request.sampling, tokenizer)
-        processors = logits_processors(
-            request,
-            tokenizer,
-            # mlx_lm's solo generators show processors the tokens run, not the cached prefix
-            prompt_tokens=len(rest) if solo else len(prompt),
-            vocab_size=loaded.info.vocab_size,
-            grammar_tokenizer=loaded.grammar_tokenizer,
-            thinking=thinking,
-        )
-        # Stop strings end the answer, not its reasoning: with thinking markers they are
-        # found in the answer's text (SequenceOutput), not by mlx_lm's token matcher.
-        stop = make_stop_sequences(tokenizer, [] if thinking else list(request.stop))
-        decoding = Decoding(sampler, processors, max_tokens, stop)
-        output = SequenceOutput(
-            tokenizer, request, prompt_tokens=len(prompt), cached_tokens=cached, thinking=thinking
-        )
-        if solo:
+        ready = prepare(loaded, request, self._models)
+        if ready.solo:
+            prompt, kind = ready.prompt, ready.kind
             sequence = start_solo(
                 loaded.model,
-                rest,
-                (stream, output, decoding),
-                options=options,
+                ready.rest,
+                (stream, ready.output(loaded.tokenizer), ready.decoding),
+                options=request.options,
                 mx_stream=self._stream,
-                cache=cache,
+                cache=ready.cache,
                 keep=lambda tokens, kv: loaded.prefix.keep(prompt + tokens, kv, kind),
-                draft=draft,
+                draft=ready.draft,
             )
             loaded.solos.append(sequence)
+            stream.emit(Started(prompt_tokens=len(ready.prompt), cached_tokens=ready.cached))
         else:
-            if loaded.batch is None:
-                loaded.batch = BatchGenerator(loaded.model, stream=self._stream)
-            (uid,) = loaded.batch.insert(
-                [rest],
-                max_tokens=[max_tokens],
-                caches=[cache] if cache is not None else None,
-                all_tokens=[prompt[:cached]],
-                samplers=[sampler],
-                logits_processors=[processors],
-                stop_sequences=[stop],
-            )
-            loaded.sequences[uid] = _Sequence(stream, output)
-        stream.emit(Started(prompt_tokens=len(prompt), cached_tokens=cached))
+            self._batch(loaded, stream, ready)
+
+    def _batch(self, loaded: _LoadedModel, stream: GenerationStream, ready: Prepared) -> None:
+        """Add a request to its model's batch, or have it wait for a prefill under way that
+        covers more of its prompt than the cache does (`Prefills.owner`)."""
+        owner = loaded.prefills.owner(ready.prompt, ready.cached) if loaded.prefix.on else None
+        if owner is not None:
+            ready.cache = None  # fetched again, longer, when the owner's prefill ends
+            loaded.prefills.wait(owner, (stream, ready))
+            return
+        if loaded.batch is None:
+            loaded.batch = BatchGenerator(loaded.model, stream=self._stream)
+        decoding, cached = ready.decoding, ready.cached
+        (uid,) = loaded.batch.insert(
+            [ready.rest],
+            max_tokens=[decoding.max_tokens],
+            caches=[ready.cache] if ready.cache is not None else None,
+            all_tokens=[ready.prompt[:cached]],
+            samplers=[decoding.sampler],
+            logits_processors=[decoding.processors],
+            stop_sequences=[decoding.stop],
+        )
+        ready.cache = None  # the batch owns it now
+        loaded.sequences[uid] = _Sequence(stream, ready.output(loaded.tokenizer))
+        if len(ready.rest) > 1 and loaded.prefix.on:
+            loaded.prefills.start(uid, ready.prompt)
+        stream.emit(Started(prompt_tokens=len(ready.prompt), cached_tokens=ready.cached))
+
+    def _prefilled(self, loaded: _LoadedModel, uids: list[int]) -> None:
+        """Sequences whose prompt (all but its last token) was just prefilled: their KV
+        caches join the prompt cache at once, and the requests waiting for them start from
+        it (mlx_lm.server's caches saved at the end of a prompt segment)."""
+        for cache, tokens in loaded.batch.extract_cache(uids).values():
+            loaded.prefix.keep(list(tokens), cache)
+        self._release(loaded, uids)
+
+    def _release(self, loaded: _LoadedModel, uids: list[int]) -> None:
+        """The prefills of `uids` ended or stopped: whoever waited for them goes on."""
+        for uid in uids:
+            for stream, ready in loaded.prefills.end(uid):
+                ready.cache, ready.rest = loaded.prefix.fetch(ready.prompt, ready.kind)
+                self._batch(loaded, stream, ready)
 
     def _step_safely(self, loaded: _LoadedModel) -> None:
         """A failure while decoding fails that model's requests, not the thread."""
@@ -426,6 +465,8 @@ class Engine:
             log.exception("decoding on %s failed; its requests end with an error", loaded.spec.key)
             for seq in loaded.sequences.values():
                 seq.stream.emit(EngineError("Generation failed on this model"))
+            for stream, _ in loaded.prefills.clear():
+                stream.emit(EngineError("Generation failed on this model"))
             loaded.sequences.clear()
             loaded.batch = None
 
@@ -436,9 +477,13 @@ class Engine:
             loaded.batch.remove(cancelled)
             for uid in cancelled:
                 del loaded.sequences[uid]
+            self._release(loaded, cancelled)
             if not loaded.sequences:
                 return
-        _, responses = loaded.batch.next()
+        prefills, responses = loaded.batch.next()
+        prefilled = [r.uid for r in prefills if r.end_of_segment and not r.end_of_prompt]
+        if prefilled:
+            self._prefilled(loaded, prefilled)
         finished: list[int] = []
         for response in responses:
             seq = loaded.sequences.get(response.uid)

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import fig_a, fig_b, fig_c, fig_d, fig_e, fig_f, fig_g, fig_h, fig_profile, fig_s
+from . import fig_a, fig_b, fig_c, fig_d, fig_e, fig_f, fig_g, fig_h, fig_p, fig_profile, fig_s
 from .common import MB, REPO, Figure, Mode, verdict
 from .harness import MlxLmServer, MlxRouter, Server
 from .machine import proc_status
@@ -143,7 +143,7 @@ class Bench:
         self.blobs = tiny_blob_set(self.tmp / "tiny-blobs")
         add_hf_repos(self.hf, self.blobs, 0, mode.hf_sizes[0])
 
-        needs_server = any(self.wanted(k) for k in "abcdf")  # figure s compares surfaces only
+        needs_server = any(self.wanted(k) for k in "abcdfp")  # figure s compares surfaces only
         if needs_server:
             self.server = self.mlx_lm_server(self.smol, self.hf)
         needs_main = any(self.wanted(k) for k in "abcf")
@@ -158,7 +158,7 @@ class Bench:
                 "mlxrouter-main",
                 {"hf_cache": False, "models": models, "pool": {"max_models": 4}},
             )
-        for module in (fig_a, fig_b, fig_c, fig_f):
+        for module in (fig_a, fig_b, fig_c, fig_f, fig_p):
             self.run_figure(module)
         if needs_main:
             self.router.stop()
