@@ -226,10 +226,15 @@ class Engine:
     def active_memory(self) -> int:
         return self.mlx_memory.figures.active_bytes
 
-    def close(self, timeout: float = 10.0) -> None:
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop the thread after its current step and wait for it: an MLX thread still
+        running when the process exits can abort the exit (a long prefill step on a CPU
+        takes minutes, hence the generous wait, and a log line when even that is not enough)."""
         self._stop = True
         self._commands.put(None)
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("the engine thread did not stop within %.0f s", timeout)
         self._loads.shutdown()
 
     def _wake(self) -> None:
@@ -267,10 +272,16 @@ class Engine:
             self._embedders.fail_all(EngineError("The generation engine failed"))
         finally:
             self._outbox.flush()
-            self._loads.fail_all(EngineError("The generation engine stopped"))
+            stopped = EngineError("The generation engine stopped")
+            self._loads.fail_all(stopped)
+            self._embedders.fail_all(stopped)
             self._models.clear()
             self._loads.tokenizers.clear()
             free_memory()
+            # MLX keeps this thread's streams (and their C++ worker threads) in thread-local
+            # storage; mlx asks threads to destroy them before they exit, or teardown order at
+            # process exit is undefined (ml-explore/mlx#3355, #3395).
+            mx.clear_streams()
 
     def _step_all(self) -> None:
         # A method of its own so no loop variable keeps an unloaded model alive.
