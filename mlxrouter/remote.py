@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from .engine import Chunk, Finished, GenerationRequest, Started, TokenLogprob, ToolCall
+from .engine.bridge import EventReader
 from .engine.types import Event
 from .errors import (
     ModelNotFoundError,
@@ -288,7 +289,7 @@ def transport_error(upstream: str, exc: httpx.HTTPError) -> UpstreamError:
     return UpstreamUnavailableError(f"The connection to the upstream `{upstream}` was lost")
 
 
-class RemoteStream:
+class RemoteStream(EventReader):
     """One forwarded request's events, with the interface of the engine's `GenerationStream`
     (`next_event`, iteration, `cancel`). A task reads the upstream's response into a queue."""
 
@@ -311,19 +312,6 @@ class RemoteStream:
         """Close the upstream connection: the upstream sees its client go and stops."""
         if not self._task.done():
             self._task.cancel()
-
-    async def next_event(self) -> Event:
-        item = await self._queue.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    async def __aiter__(self) -> AsyncIterator[Event]:
-        while True:
-            event = await self.next_event()
-            yield event
-            if isinstance(event, Finished):
-                return
 
     async def _run(self) -> None:
         path = "chat/completions" if "messages" in self._body else "completions"

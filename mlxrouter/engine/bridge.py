@@ -89,7 +89,27 @@ class Outbox:
             stream._queue.put_nowait(item)
 
 
-class GenerationStream:
+class EventReader:
+    """Reading a request's events off its queue (an exception in it is raised), up to and
+    including `Finished`: the engine's streams and remote ones (`mlxrouter.remote`) alike."""
+
+    _queue: asyncio.Queue[Event | BaseException]
+
+    async def next_event(self) -> Event:
+        item = await self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        while True:
+            event = await self.next_event()
+            yield event
+            if isinstance(event, Finished):
+                return
+
+
+class GenerationStream(EventReader):
     """One request's channel from the engine thread to the event loop.
 
     The engine thread calls `emit`; the event loop iterates. `cancel()` (any thread) asks the
@@ -116,16 +136,3 @@ class GenerationStream:
         if not self.done:
             self.cancelled = True
             self._wake()
-
-    async def next_event(self) -> Event:
-        item = await self._queue.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    async def __aiter__(self) -> AsyncIterator[Event]:
-        while True:
-            event = await self.next_event()
-            yield event
-            if isinstance(event, Finished):
-                return
