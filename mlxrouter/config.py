@@ -141,8 +141,9 @@ class ModelEntryConfig(ModelSettings, frozen=True, forbid_unknown_fields=True, k
     trust_remote_code: bool = False
     #: serve `path` across several machines (its own pool entry; see DistributedConfig)
     distributed: DistributedConfig | None = None
-    #: what the model serves, when discovery's guess is wrong: chat, or embeddings
-    type: Literal["chat", "embedding"] | None = None
+    #: what the model serves, when discovery's guess is wrong: chat, embeddings, or chat with
+    #: images (vision)
+    type: Literal["chat", "embedding", "vision"] | None = None
 
 
 class UpstreamConfig(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -252,7 +252,7 @@ class Daemon:
             return True
         return any(e.in_flight or not e.loaded for e in entries)
 
-    def _entry_type(self, key: str) -> Literal["chat", "embedding"]:
+    def _entry_type(self, key: str) -> Literal["chat", "embedding", "vision"]:
         entry = self.registry.entries.get(key)
         return entry.found.model_type if entry is not None else "chat"
 

@@ -45,7 +45,7 @@ BASE_REF_KEYS = ("model", "base_model", "base_model_name_or_path")
 REMOTE_CODE_KEYS = ("auto_map", "model_file")
 
 #: what a model serves: chat/completions, or embeddings
-ModelType = Literal["chat", "embedding"]
+ModelType = Literal["chat", "embedding", "vision"]
 
 #: config.json `architectures` that are encoders: their folders serve embeddings only
 ENCODER_ARCHITECTURES = frozenset(

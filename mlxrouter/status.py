@@ -56,8 +56,9 @@ class ModelCard(msgspec.Struct, kw_only=True):
     available: bool = True
     #: config.json's `model_type` (Ollama's `general.architecture`); None when unknown
     architecture: str | None = None
-    #: "embedding": served by `/v1/embeddings` and `/api/embed` only; "chat": everything else
-    type: Literal["chat", "embedding"] = "chat"
+    #: "embedding": served by `/v1/embeddings` and `/api/embed` only; "vision": chat that also
+    #: takes images; "chat": everything else
+    type: Literal["chat", "embedding", "vision"] = "chat"
     #: embedding models: the vector's length, and the most tokens one input may have
     dimensions: int | None = None
     max_input_tokens: int | None = None
@@ -98,7 +99,7 @@ class PoolEntryStatus(msgspec.Struct, kw_only=True):
     id: str
     kind: Literal["model", "adapter"]
     #: what the entry serves (its registry entry's type)
-    type: Literal["chat", "embedding"] = "chat"
+    type: Literal["chat", "embedding", "vision"] = "chat"
     base: str | None
     state: Literal["loading", "loaded"]
     bytes: int

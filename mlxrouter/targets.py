@@ -96,14 +96,18 @@ _TYPES = {
         "an embedding model",
         "/v1/embeddings and /api/embed, not chat, completions, messages or responses",
     ),
+    "vision": ("a vision model", "chat, completions, messages and responses, not embeddings"),
 }
+
+#: the request types each model type serves beyond its own (a vision model answers text too)
+_ALSO_SERVES = {"vision": ("chat",)}
 
 
 def check_serves(target: Target, wanted: str) -> None:
-    """Refuse a request of type `wanted` (`chat`, `embedding`) to a model of the other type,
+    """Refuse a request of type `wanted` (`chat`, `embedding`) to a model that does not serve it,
     saying what the model is and which endpoints it serves."""
     kind = target.model.found.model_type
-    if kind == wanted:
+    if kind == wanted or wanted in _ALSO_SERVES.get(kind, ()):
         return
     what, serves = _TYPES[kind]
     raise InvalidRequestError(f"`{target.requested}` is {what}: it serves {serves}", param="model")

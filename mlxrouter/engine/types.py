@@ -85,6 +85,21 @@ class SamplingParams:
 
 
 @dataclass(frozen=True, slots=True)
+class ImageInput:
+    """One image of a chat request, checked and decoded at the API boundary (`images.py`);
+    its place in the conversation is an `{"type": "image"}` part of `messages`, in order."""
+
+    #: the image file's bytes as received (PNG, JPEG, ...), already verified to decode
+    data: bytes
+    #: sha256 of `data`, hex: the prompt cache keys the image by it
+    digest: str
+    #: where the client put it, for errors: `messages[0].content[1]`, `images[0]`, ...
+    where: str
+    width: int = 0
+    height: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationRequest:
     """A request in engine terms. Exactly one of `messages` (chat) or `prompt` (text) is set."""
 
@@ -114,6 +129,8 @@ class GenerationRequest:
     num_draft_tokens: int | None = None
     #: the model's run options, filled in by the daemon from its settings (`Daemon.lease`)
     options: ModelOptions = field(default_factory=ModelOptions)
+    #: the images of `messages`, in the order of their `{"type": "image"}` parts (vision models)
+    images: tuple[ImageInput, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
