@@ -12,8 +12,20 @@ import httpx
 import openai
 import pytest
 from conftest import running_daemon
+from imagedata import b64, data_url, garbage_png, huge_png, png
 
 OK_MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+HUGE = huge_png()
+#: the first image of the first message (after its text part)
+AT = "messages[0].content[1]"
+
+
+def user_image(*urls: str) -> dict[str, Any]:
+    """A user message: a text part, then an `image_url` part per URL."""
+    images = [{"type": "image_url", "image_url": {"url": url}} for url in urls]
+    return {"role": "user", "content": [{"type": "text", "text": "What is this?"}, *images]}
 
 
 def chat(**fields: Any) -> dict[str, Any]:
@@ -98,13 +110,27 @@ CASES: list[tuple[str, str, str, Any, int, str | None]] = [
         "messages[0].role",
     ),
     (
-        "image content part",
+        "image content part without its url",
         "POST",
         "/v1/chat/completions",
         chat(messages=[{"role": "user", "content": [{"type": "image_url"}]}]),
         400,
-        "messages",
+        "messages[0].content[0]",
     ),
+    *[
+        (f"image: {name}", "POST", "/v1/chat/completions", chat(messages=[parts]), 400, where)
+        for name, parts, where in [
+            ("to a text-only model", user_image(data_url(png())), "messages[0].content[1]"),
+            ("corrupt base64", user_image("data:image/png;base64,!!notbase64!!"), AT),
+            ("PNG header then garbage", user_image(data_url(garbage_png())), AT),
+            ("30,000 x 30,000 pixels", user_image(data_url(HUGE)), AT),
+            ("nine images", user_image(*[data_url(png())] * 9), "messages[0].content[9]"),
+            ("http URL by default", user_image("http://example.com/cat.png"), AT),
+            ("file: URL", user_image("file:///etc/passwd"), AT),
+            ("plain base64 as url", user_image(b64(png())), AT),
+            ("in a system message", {**user_image(data_url(png())), "role": "system"}, AT),
+        ]
+    ],
     (
         "temperature above 2",
         "POST",
@@ -553,9 +579,11 @@ def test_bad_input(
         if path.startswith("/v1/messages"):
             assert body["type"] == "error" and set(body["error"]) == {"type", "message"}
             message = body["error"]["message"]
+            assert param is None or param in message  # no `param` here: the message names it
         elif path.startswith("/api/"):
             assert set(body) == {"error"}
             message = body["error"]
+            assert param is None or param in message
         else:
             error = body["error"]
             assert set(error) == {"message", "type", "param", "code"}
