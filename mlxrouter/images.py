@@ -242,30 +242,33 @@ async def fetch(
     by hand (at most `MAX_REDIRECTS`), the body read until `max_bytes`, all within
     `fetch_timeout`. No proxies from the environment (they would bypass the checks)."""
     try:
-        async with (
-            asyncio.timeout(limits.fetch_timeout),
-            httpx.AsyncClient(
-                follow_redirects=False,
-                trust_env=False,
-                timeout=limits.fetch_timeout,
-                transport=transport,
-            ) as client,
-        ):
-            url = ref.source
-            for _ in range(MAX_REDIRECTS + 1):
-                await _check_addresses(ref, url, limits)
-                async with client.stream("GET", url) as answer:
-                    if answer.status_code in _REDIRECTS and "location" in answer.headers:
-                        url = urljoin(url, answer.headers["location"])
-                        continue
-                    if answer.status_code != 200:
-                        raise _refuse(ref, f"could not be fetched (HTTP {answer.status_code})")
-                    return await _body(ref, answer, limits)
-            raise _refuse(ref, f"redirects more than {MAX_REDIRECTS} times")
+        async with httpx.AsyncClient(
+            follow_redirects=False,
+            trust_env=False,
+            timeout=limits.fetch_timeout,
+            transport=transport,
+        ) as client:
+            # the deadline inside the client: a timed-out response is closed before the client
+            async with asyncio.timeout(limits.fetch_timeout):
+                return await _follow(ref, client, limits)
     except (TimeoutError, httpx.TimeoutException):
         raise _refuse(ref, f"took longer than {limits.fetch_timeout} s to fetch") from None
     except httpx.HTTPError:
         raise _refuse(ref, "could not be fetched (connection failed)") from None
+
+
+async def _follow(ref: ImageRef, client: httpx.AsyncClient, limits: ImagesConfig) -> bytes:
+    url = ref.source
+    for _ in range(MAX_REDIRECTS + 1):
+        await _check_addresses(ref, url, limits)
+        async with client.stream("GET", url) as answer:
+            if answer.status_code in _REDIRECTS and "location" in answer.headers:
+                url = urljoin(url, answer.headers["location"])
+                continue
+            if answer.status_code != 200:
+                raise _refuse(ref, f"could not be fetched (HTTP {answer.status_code})")
+            return await _body(ref, answer, limits)
+    raise _refuse(ref, f"redirects more than {MAX_REDIRECTS} times")
 
 
 async def _body(ref: ImageRef, answer: httpx.Response, limits: ImagesConfig) -> bytes:
