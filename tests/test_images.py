@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import anthropic
 import httpx
@@ -31,11 +31,13 @@ from mlxrouter.api.ollama.schemas import ChatRequest, GenerateRequest
 from mlxrouter.api.responses_api import convert as responses_convert
 from mlxrouter.api.responses_api.schemas import InputItem, ResponsesRequest
 from mlxrouter.api.schemas import ChatCompletionRequest
-from mlxrouter.api.session import with_images
+from mlxrouter.api.session import request_images, with_images
 from mlxrouter.config import ImagesConfig, ModelSettings, parse_config
 from mlxrouter.engine import GenerationRequest, ImageInput
 from mlxrouter.errors import ConfigError, InvalidRequestError
 from mlxrouter.images import ImageRef, fetch_urls, load_inline
+from mlxrouter.registry import build_registry
+from mlxrouter.targets import resolve
 
 WHERE = "messages[0].content[1]"
 PNG = png()
@@ -88,6 +90,7 @@ def test_bad_inline_images_are_refused_naming_where_they_were() -> None:
     assert "not an image" in _refused("data:text/plain;base64," + b64(PNG))
     assert "must be a data URL" in _refused(b64(PNG))  # plain base64 where a URL is asked for
     assert "larger than the 100-byte limit" in _refused(data_url(png(64, 64)), max_bytes=100)
+    assert "larger than the 140-byte limit" in _refused(data_url(png(64, 64)), max_bytes=140)
     bmp = io.BytesIO()
     Image.new("RGB", (4, 4)).save(bmp, "BMP")
     assert "not a valid PNG, JPEG, WebP or GIF" in _refused(data_url(bmp.getvalue()))
@@ -136,23 +139,27 @@ class _Handler(BaseHTTPRequestHandler):
     /to-cat (same-host redirect); /to-localhost (redirect to another host name); /loop."""
 
     release = threading.Event()
+    #: the paths asked for, in order
+    asked: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
+        self.asked.append(self.path)
+        path = self.path.split("?")[0]  # a query only tells the asks apart
         port = self.server.server_address[1]
         redirects = {
             "/to-cat": "/cat.png",
             "/to-localhost": f"http://localhost:{port}/cat.png",
             "/loop": "/loop",
         }
-        if self.path in redirects:
+        if path in redirects:
             self.send_response(302)
-            self.send_header("Location", redirects[self.path])
+            self.send_header("Location", redirects[path])
             self.end_headers()
-        elif self.path == "/cat.png":
+        elif path == "/cat.png":
             self._send(PNG, length=True)
-        elif self.path == "/big.png":
+        elif path == "/big.png":
             self._send(png(64, 64), length=False)
-        elif self.path == "/slow":
+        elif path == "/slow":
             self.release.wait(10)
             self._send(PNG, length=True)
         else:
@@ -222,6 +229,29 @@ def test_fetches_outside_the_policy_are_refused(image_server: str) -> None:
     assert "longer than 0.5 s" in _fetch_refused(image_server + "/slow", fetch_timeout=0.5)
     closed = image_server.rsplit(":", 1)[0] + ":9"  # discard port: nothing listens
     assert "could not be fetched" in _fetch_refused(closed + "/cat.png")
+
+
+def test_the_session_checks_the_model_before_fetching(tiny_models: Path, image_server: str) -> None:
+    config = parse_config(
+        f"hf_cache: false\nmodel_dirs: [{tiny_models}]\n"
+        f"models:\n  seer: {{path: {tiny_models / 'tiny-a'}, type: vision}}\n"
+        "images: {allow_urls: true, allowed_hosts: [127.0.0.1]}\n"
+    )
+    registry = build_registry(config)
+    refs = [
+        ImageRef(where="messages[0].content[0]", source=b64(PNG), kind="base64"),
+        ImageRef(where="messages[0].content[1]", source=image_server + "/cat.png?session"),
+    ]
+    text_model = resolve(registry, config, "tiny-a", None)
+    with pytest.raises(InvalidRequestError, match="`tiny-a` does not take images") as info:
+        asyncio.run(request_images(config.images, text_model, refs))
+    assert info.value.param == "messages[0].content[0]"
+    assert "/cat.png?session" not in _Handler.asked  # nothing fetched for a text model
+    vision_model = resolve(registry, config, "seer", None)
+    images = asyncio.run(request_images(config.images, vision_model, refs))
+    assert [(i.where, i.data) for i in images] == [(r.where, PNG) for r in refs]
+    assert _Handler.asked.count("/cat.png?session") == 1
+    assert asyncio.run(request_images(config.images, text_model, [])) == ()
 
 
 # ---- each surface's translation -------------------------------------------------------------
