@@ -167,7 +167,9 @@ def _read(data: bytes, max_pixels: int) -> tuple[int, int, int]:
     Image.MAX_IMAGE_PIXELS = max_pixels
     with Image.open(io.BytesIO(data), formats=FORMATS) as image:
         width, height = image.size
-        frames = getattr(image, "n_frames", 1)
+        # A camera JPEG with extra pictures (MPO: previews, depth) is a still photo: its
+        # first picture is the image.
+        frames = 1 if image.format == "MPO" else getattr(image, "n_frames", 1)
         if width * height <= max_pixels and frames == 1:
             image.load()
         return width, height, frames

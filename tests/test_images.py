@@ -105,11 +105,17 @@ def test_an_image_declaring_too_many_pixels_is_never_decoded() -> None:
     assert len(_inline(data_url(png(31, 32)), max_pixels=1000)) == 1
 
 
-def test_an_animated_image_is_refused() -> None:
+def test_an_animated_image_is_refused_and_a_multi_picture_jpeg_taken() -> None:
     frames = [Image.new("RGB", (4, 4), color) for color in ("red", "green")]
-    buffer = io.BytesIO()
-    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
-    assert "animated" in _refused(data_url(buffer.getvalue()))
+    for kind in ("GIF", "PNG", "WEBP"):
+        buffer = io.BytesIO()
+        frames[0].save(buffer, kind, save_all=True, append_images=frames[1:])
+        assert "animated" in _refused(data_url(buffer.getvalue()))
+    # a camera JPEG carrying a second picture (MPO) is a still photo: its first picture
+    photo = io.BytesIO()
+    Image.new("RGB", (6, 4)).save(photo, "MPO", save_all=True, append_images=[frames[0]])
+    (image,) = _inline(b64(photo.getvalue()), "base64")
+    assert isinstance(image, ImageInput) and (image.width, image.height) == (6, 4)
 
 
 def test_more_images_than_the_limit_are_refused_naming_the_first_one_over() -> None:
