@@ -386,6 +386,20 @@ CASES: list[tuple[str, str, str, Any, int, str | None]] = [
             ("http URL by default", image_blocks(url_source("http://example.com/a.png")), AT),
             ("file: URL", image_blocks(url_source("file:///etc/passwd")), AT),
             ("without data", image_blocks({"type": "base64", "media_type": "image/png"}), AT),
+            (
+                "in a tool_result, to a text-only model",
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": "t1",
+                            "content": [{"type": "image", "source": base64_source(png())}],
+                        }
+                    ],
+                },
+                "messages[0].content[0].content[0]",
+            ),
         ]
     ],
     (

@@ -343,7 +343,14 @@ def test_anthropic_image_blocks_become_image_parts() -> None:
                 {
                     "role": "user",
                     "content": [
-                        {"type": "tool_result", "tool_use_id": "t1", "content": "ok"},
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": "t1",
+                            "content": [
+                                {"type": "text", "text": "Screenshot:"},
+                                {"type": "image", "source": {"type": "base64", "data": "REVG"}},
+                            ],
+                        },
                         {
                             "type": "image",
                             "source": {"type": "url", "url": "https://example.com/b.png"},
@@ -356,6 +363,7 @@ def test_anthropic_image_blocks_become_image_parts() -> None:
     )
     assert anthropic_convert.image_refs(body) == [
         ImageRef(where="messages[0].content[1]", source="QUJD", kind="base64"),
+        ImageRef(where="messages[2].content[0].content[1]", source="REVG", kind="base64"),
         ImageRef(where="messages[2].content[1]", source="https://example.com/b.png"),
     ]
     messages = anthropic_convert.template_messages(body, ModelSettings())
@@ -363,7 +371,11 @@ def test_anthropic_image_blocks_become_image_parts() -> None:
         "role": "user",
         "content": [{"type": "text", "text": "Look: "}, {"type": "image"}],
     }
-    assert messages[3] == {"role": "tool", "tool_call_id": "t1", "content": "ok"}
+    assert messages[3] == {
+        "role": "tool",
+        "tool_call_id": "t1",
+        "content": [{"type": "text", "text": "Screenshot:"}, {"type": "image"}],
+    }
     assert messages[4] == {"role": "user", "content": [{"type": "image"}]}
 
 

@@ -20,13 +20,6 @@ StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
 # ---- requests ---------------------------------------------------------------------------------
 
 
-class ResultPart(msgspec.Struct, kw_only=True):
-    """A part of a `tool_result`'s content (text is served; other kinds are refused)."""
-
-    type: str
-    text: str | None = None
-
-
 class ImageSource(msgspec.Struct, kw_only=True):
     """An `image` block's source: `base64` (`media_type`, `data`) or `url`."""
 
@@ -34,6 +27,14 @@ class ImageSource(msgspec.Struct, kw_only=True):
     media_type: str | None = None
     data: str | None = None
     url: str | None = None
+
+
+class ResultPart(msgspec.Struct, kw_only=True):
+    """A part of a `tool_result`'s content: `text` or `image` (other kinds are refused)."""
+
+    type: str
+    text: str | None = None
+    source: ImageSource | None = None
 
 
 class ContentBlock(msgspec.Struct, kw_only=True):
