@@ -265,8 +265,14 @@ async def request_images(
     if not refs:
         return ()
     checked = await load_inline(refs, limits)
+    where = refs[0].where
+    if target.model.remote is not None:  # `remote.request_body` sends text only
+        raise InvalidRequestError(
+            f"`{target.requested}` is served by an upstream, and images are not forwarded to "
+            f"upstreams (the image at {where})",
+            param=where,
+        )
     if target.model.found.model_type != "vision":
-        where = refs[0].where
         raise InvalidRequestError(
             f"`{target.requested}` does not take images (the image at {where}): it is not a "
             "vision model",
