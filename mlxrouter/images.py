@@ -249,6 +249,8 @@ async def fetch(
         async with httpx.AsyncClient(
             follow_redirects=False,
             trust_env=False,
+            # the body as sent: `max_bytes` bounds what is read, not a compressed stream's size
+            headers={"Accept-Encoding": "identity"},
             timeout=limits.fetch_timeout,
             transport=transport,
         ) as client:
