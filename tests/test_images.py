@@ -277,7 +277,7 @@ def test_openai_chat_image_url_parts_become_image_parts_in_order() -> None:
                     "content": [
                         {"type": "image_url", "image_url": {"url": "data:a", "detail": "low"}},
                         {"type": "text", "text": "Compare "},
-                        {"type": "image_url", "image_url": {"url": "data:b"}},
+                        {"type": "image_url", "image_url": "data:b"},  # the URL alone
                         {"type": "text", "text": "with that."},
                     ],
                 },

@@ -141,11 +141,13 @@ def image_refs(messages: list[ChatMessage], prefix: str = "messages") -> list[Im
                     "in user messages only",
                     param=where,
                 )
-            if part.image_url is None or not part.image_url.url:
+            image = part.image_url
+            url = image if isinstance(image, str) or image is None else image.url
+            if not url:
                 raise InvalidRequestError(
                     f"The `image_url` part at {where} needs `image_url.url`", param=where
                 )
-            refs.append(ImageRef(where=where, source=part.image_url.url))
+            refs.append(ImageRef(where=where, source=url))
     return refs
 
 

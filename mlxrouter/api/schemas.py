@@ -44,7 +44,8 @@ class ContentPart(msgspec.Struct, kw_only=True):
 
     type: str
     text: str | None = None
-    image_url: ImageUrl | None = None
+    #: the object OpenAI documents, or the URL alone (as some clients send it)
+    image_url: ImageUrl | str | None = None
 
 
 class ToolCallFunction(msgspec.Struct, kw_only=True):
