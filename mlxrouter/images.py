@@ -218,12 +218,14 @@ def _public(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
-async def _check_addresses(ref: ImageRef, url: str, limits: ImagesConfig) -> None:
+async def _check_addresses(ref: ImageRef, url: str, limits: ImagesConfig) -> str | None:
     """A hop's host is in the allowlist, and (unless named exactly) every address it resolves
-    to is public: no loopback, link-local, private or reserved address."""
+    to is public: no loopback, link-local, private or reserved address. Returns the address to
+    connect to for a host matched by a wildcard (None for one named exactly), so the name is
+    not resolved again between this check and the connection (DNS rebinding)."""
     host = _check_url(ref, url, limits)
     if _host_allowed(host, limits.allowed_hosts):
-        return
+        return None
     port = urlsplit(url).port or (443 if url.lower().startswith("https") else 80)
     try:
         found = await asyncio.get_running_loop().getaddrinfo(
@@ -231,20 +233,36 @@ async def _check_addresses(ref: ImageRef, url: str, limits: ImagesConfig) -> Non
         )
     except OSError:
         raise _refuse(ref, f"names the host `{host}`, which does not resolve") from None
-    if not found or not all(_public(str(info[4][0])) for info in found):
+    addresses = [str(info[4][0]) for info in found]
+    if not addresses or not all(_public(address) for address in addresses):
         raise _refuse(
             ref,
             f"names the host `{host}`, which resolves to a loopback, link-local or private "
             "address that `images.allowed_hosts` does not name",
         )
+    return addresses[0]
+
+
+def _pinned(url: str, address: str) -> tuple[str, dict[str, str], dict[str, str]]:
+    """`url` sent to `address`: the URL naming the address, the Host header naming the host,
+    and for https the host as TLS's server name (its certificate is checked against it)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{address}]" if ":" in address else address
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    headers = {"Host": parts.netloc.rpartition("@")[2]}
+    extensions = {"sni_hostname": host} if parts.scheme.lower() == "https" else {}
+    return parts._replace(netloc=netloc).geturl(), headers, extensions
 
 
 async def fetch(
     ref: ImageRef, limits: ImagesConfig, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> bytes:
-    """The bytes at `ref`'s URL: each hop checked (`_check_addresses`), redirects followed
-    by hand (at most `MAX_REDIRECTS`), the body read until `max_bytes`, all within
-    `fetch_timeout`. No proxies from the environment (they would bypass the checks)."""
+    """The bytes at `ref`'s URL: each hop checked (`_check_addresses`) and, for a wildcard's
+    host, sent to the address checked (`_pinned`); redirects followed by hand (at most
+    `MAX_REDIRECTS`), the body read until `max_bytes`, all within `fetch_timeout`. No proxies
+    from the environment (they would bypass the checks)."""
     try:
         async with httpx.AsyncClient(
             follow_redirects=False,
@@ -266,8 +284,9 @@ async def fetch(
 async def _follow(ref: ImageRef, client: httpx.AsyncClient, limits: ImagesConfig) -> bytes:
     url = ref.source
     for _ in range(MAX_REDIRECTS + 1):
-        await _check_addresses(ref, url, limits)
-        async with client.stream("GET", url) as answer:
+        address = await _check_addresses(ref, url, limits)
+        target, headers, extensions = (url, {}, {}) if address is None else _pinned(url, address)
+        async with client.stream("GET", target, headers=headers, extensions=extensions) as answer:
             if answer.status_code in _REDIRECTS and "location" in answer.headers:
                 url = urljoin(url, answer.headers["location"])
                 continue

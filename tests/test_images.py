@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +24,7 @@ from conftest import running_daemon, wait_until, watched_daemon
 from imagedata import b64, data_url, garbage_png, huge_png, png
 from PIL import Image
 
+from mlxrouter import images as image_checks
 from mlxrouter.api import convert
 from mlxrouter.api.anthropic import convert as anthropic_convert
 from mlxrouter.api.anthropic.schemas import MessagesRequest
@@ -147,9 +149,12 @@ class _Handler(BaseHTTPRequestHandler):
     release = threading.Event()
     #: the paths asked for, in order
     asked: ClassVar[list[str]] = []
+    #: their Host headers, in the same order
+    hosts: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
         self.asked.append(self.path)
+        self.hosts.append(self.headers.get("Host", ""))
         path = self.path.split("?")[0]  # a query only tells the asks apart
         port = self.server.server_address[1]
         redirects = {
@@ -258,6 +263,34 @@ def test_the_session_checks_the_model_before_fetching(tiny_models: Path, image_s
     assert [(i.where, i.data) for i in images] == [(r.where, PNG) for r in refs]
     assert _Handler.asked.count("/cat.png?session") == 1
     assert asyncio.run(request_images(config.images, text_model, [])) == ()
+
+
+def test_a_wildcard_host_is_fetched_from_the_address_that_was_checked(
+    image_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host matched by `*` is resolved once, checked, and connected to at that address with
+    its own name in the Host header (no second lookup a rebinding DNS could answer).
+    Loopback stands in for a public address here: the test has no other."""
+    monkeypatch.setattr(image_checks, "_public", lambda address: True)
+    port = image_server.rsplit(":", 1)[1]
+    first = socket.getaddrinfo("localhost", int(port), type=socket.SOCK_STREAM)[0][4][0]
+    host = "localhost" if first == "127.0.0.1" else "127.0.0.1"  # the server listens on IPv4
+    image = _fetch(f"http://{host}:{port}/cat.png?pinned", allowed_hosts=["*"])
+    assert image.data == PNG
+    assert _Handler.hosts[_Handler.asked.index("/cat.png?pinned")] == f"{host}:{port}"
+
+
+def test_a_pinned_request_keeps_the_hosts_name() -> None:
+    assert image_checks._pinned("https://user@img.example.com:8443/a.png?x=1", "93.184.216.34") == (
+        "https://93.184.216.34:8443/a.png?x=1",
+        {"Host": "img.example.com:8443"},
+        {"sni_hostname": "img.example.com"},  # the certificate is checked against the name
+    )
+    assert image_checks._pinned("http://img.example.com/a.png", "2606:2800:220:1::1") == (
+        "http://[2606:2800:220:1::1]/a.png",
+        {"Host": "img.example.com"},
+        {},
+    )
 
 
 # ---- each surface's translation -------------------------------------------------------------
