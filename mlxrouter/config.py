@@ -8,6 +8,7 @@ it again and swapping the result in; nothing here is cached at import time.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -259,8 +260,25 @@ def _check_values(config: Config) -> None:
             )
     if len(set(names)) != len(names):
         raise ValueError("`upstreams`: each entry needs a different `name`")
+    for host in config.images.allowed_hosts:
+        if not _host_entry(host.strip()):
+            raise ValueError(
+                f"`images.allowed_hosts`: `{host}` is not a host name; write `img.example.com`, "
+                "`*.example.com`, `*` or an address, no scheme, port or path"
+            )
     if config.log_level.lower() not in {"debug", "info", "warning", "error", "critical"}:
         raise ValueError("`log_level` must be one of debug, info, warning, error, critical")
+
+
+def _host_entry(entry: str) -> bool:
+    """An `images.allowed_hosts` entry: `*`, a name, `*.` and a name, or an IP address."""
+    if entry == "*" or re.fullmatch(r"(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?", entry):
+        return True
+    try:
+        ipaddress.ip_address(entry)
+    except ValueError:
+        return False
+    return True
 
 
 def _decode(kind: type, value: Any) -> Any:

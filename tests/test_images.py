@@ -636,5 +636,10 @@ def test_the_images_section_is_typed() -> None:
     assert 30_000 * 30_000 > config.images.max_pixels >= 7680 * 4320  # refuses 30k, takes 8K
     with pytest.raises(ConfigError, match=r"`images\.max_pixels`"):
         parse_config("images: {max_pixels: 0}")
+    for entry in ("http://img.example.com", "dead.beef:8080", "img.example.com/a", "a..b"):
+        with pytest.raises(ConfigError, match="is not a host name"):
+            parse_config(f"images: {{allowed_hosts: ['{entry}']}}")
+    hosts = ["*", "*.example.com", "img.example.com", "127.0.0.1", "::1", "localhost"]
+    assert parse_config(f"images: {{allowed_hosts: {hosts}}}").images.allowed_hosts == hosts
     with pytest.raises(ConfigError, match="unknown field `alow_urls`"):
         parse_config("images: {alow_urls: true}")
