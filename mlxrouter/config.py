@@ -8,6 +8,7 @@ it again and swapping the result in; nothing here is cached at import time.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -58,6 +59,24 @@ class ResponsesConfig(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=
     store_max_count: Annotated[int, msgspec.Meta(ge=0)] = 1000
     #: most bytes kept (the responses' JSON, their input included)
     store_max_bytes: ByteSize = ByteSize.parse("64MiB")
+
+
+class ImagesConfig(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Images in prompts (`images.py`): limits, and whether image URLs are fetched at all."""
+
+    #: fetch `http(s)` image URLs; off, such an image is refused (clients send data URLs)
+    allow_urls: bool = False
+    #: the hosts URLs may name (and redirect to): `example.com`, `*.example.com` (its
+    #: subdomains), `*` (any); a loopback, link-local or private address only when named exactly
+    allowed_hosts: list[str] = msgspec.field(default_factory=list)
+    #: the largest image file, as sent or fetched
+    max_bytes: ByteSize = ByteSize.parse("20MB")
+    #: the most pixels (width x height) an image may declare; larger ones are never decoded
+    max_pixels: Annotated[int, msgspec.Meta(ge=1)] = 40_000_000
+    #: the most images one request may carry (its whole conversation)
+    max_per_request: Annotated[int, msgspec.Meta(ge=0)] = 8
+    #: seconds one image URL may take to fetch, redirects included
+    fetch_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
 
 
 class ModelSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -181,6 +200,7 @@ class Config(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: other OpenAI-compatible servers whose models are served here too (local ids win)
     upstreams: list[UpstreamConfig] = msgspec.field(default_factory=list)
     responses: ResponsesConfig = msgspec.field(default_factory=ResponsesConfig)
+    images: ImagesConfig = msgspec.field(default_factory=ImagesConfig)
     api_key: str | None = None
     log_level: str = "info"
     #: the largest completion a request gets when it names no max_tokens
@@ -240,8 +260,25 @@ def _check_values(config: Config) -> None:
             )
     if len(set(names)) != len(names):
         raise ValueError("`upstreams`: each entry needs a different `name`")
+    for host in config.images.allowed_hosts:
+        if not _host_entry(host.strip()):
+            raise ValueError(
+                f"`images.allowed_hosts`: `{host}` is not a host name; write `img.example.com`, "
+                "`*.example.com`, `*` or an address, no scheme, port or path"
+            )
     if config.log_level.lower() not in {"debug", "info", "warning", "error", "critical"}:
         raise ValueError("`log_level` must be one of debug, info, warning, error, critical")
+
+
+def _host_entry(entry: str) -> bool:
+    """An `images.allowed_hosts` entry: `*`, a name, `*.` and a name, or an IP address."""
+    if entry == "*" or re.fullmatch(r"(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?", entry):
+        return True
+    try:
+        ipaddress.ip_address(entry)
+    except ValueError:
+        return False
+    return True
 
 
 def _decode(kind: type, value: Any) -> Any:

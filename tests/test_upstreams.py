@@ -25,6 +25,7 @@ import openai
 import pytest
 from _harness import start_mlxrouter, stop
 from conftest import running_daemon, wait_until, watched_daemon
+from imagedata import data_url, png
 from tinymodel import make_tiny_adapter
 
 from mlxrouter.config import parse_config
@@ -279,6 +280,19 @@ def test_other_surfaces_reach_remote_models(pair: tuple[Daemon, Daemon]) -> None
             options={"num_predict": 6, "temperature": 0},
         )
     assert chat.done
+
+
+def test_images_are_refused_for_remote_models_not_dropped(client: openai.OpenAI) -> None:
+    image = {"type": "image_url", "image_url": {"url": data_url(png())}}
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model="tiny-a",  # a's, served through the upstream
+            messages=[{"role": "user", "content": [image]}],  # type: ignore[list-item]
+            max_tokens=1,
+        )
+    body: dict[str, Any] = info.value.body  # type: ignore[assignment]
+    assert body["param"] == "messages[0].content[0]"
+    assert "images are not forwarded to upstreams" in body["message"]
 
 
 def test_anthropic_max_tokens_beyond_the_context_is_capped_as_locally(

@@ -11,7 +11,15 @@ from typing import Any
 from ...config import ModelSettings
 from ...engine import GenerationRequest, SamplingParams
 from ...errors import InvalidRequestError
-from .schemas import ContentBlock, CountTokensRequest, MessageParam, MessagesRequest, ResultPart
+from ...images import ImageRef
+from .schemas import (
+    ContentBlock,
+    CountTokensRequest,
+    ImageSource,
+    MessageParam,
+    MessagesRequest,
+    ResultPart,
+)
 
 
 def generation_request(
@@ -89,20 +97,68 @@ def _turn(message: MessageParam) -> list[dict[str, Any]]:
     if message.role == "assistant":
         return [_assistant(message.content)]
     turns: list[dict[str, Any]] = []
-    texts: list[str] = []
+    parts: list[dict[str, Any]] = []
     for block in message.content:
         if block.type == "tool_result":
-            if texts:
-                turns.append({"role": "user", "content": "".join(texts)})
-                texts = []
+            if parts:
+                turns.append({"role": "user", "content": _content(parts)})
+                parts = []
             turns.append(_tool_result(block))
         elif block.type == "text":
-            texts.append(block.text or "")
+            parts.append({"type": "text", "text": block.text or ""})
+        elif block.type == "image":
+            parts.append({"type": "image"})  # its image rides on the request (`image_refs`)
         else:
             _unsupported(block)
-    if texts or not turns:
-        turns.append({"role": "user", "content": "".join(texts)})
+    if parts or not turns:
+        turns.append({"role": "user", "content": _content(parts)})
     return turns
+
+
+def _content(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """Text parts joined; with an image among them, the parts in order."""
+    if all(part["type"] == "text" for part in parts):
+        return "".join(part["text"] for part in parts)
+    return parts
+
+
+def image_refs(body: CountTokensRequest) -> list[ImageRef]:
+    """The `image` blocks of `body`'s messages (user messages only, a `tool_result`'s content
+    included: Claude Code's screenshots and image reads), in order: a `base64` source's data,
+    or a `url` source under the daemon's URL policy."""
+    refs = []
+    for i, message in enumerate(body.messages):
+        if isinstance(message.content, str):
+            continue
+        for j, block in enumerate(message.content):
+            where = f"messages[{i}].content[{j}]"
+            if block.type == "image" and message.role != "user":
+                raise InvalidRequestError(
+                    f"The image at {where} is in a `{message.role}` message; images are taken "
+                    "in user messages only",
+                    param=where,
+                )
+            if block.type == "image":
+                refs.append(_image_ref(where, block.source))
+            elif block.type == "tool_result" and isinstance(block.content, list):
+                refs += [
+                    _image_ref(f"{where}.content[{k}]", part.source)
+                    for k, part in enumerate(block.content)
+                    if part.type == "image"
+                ]
+    return refs
+
+
+def _image_ref(where: str, source: ImageSource | None) -> ImageRef:
+    if source is not None and source.type == "base64" and source.data:
+        return ImageRef(where=where, source=source.data, kind="base64")
+    if source is not None and source.type == "url" and source.url:
+        return ImageRef(where=where, source=source.url)
+    raise InvalidRequestError(
+        f"The image at {where} needs a `source` of type `base64` (with `data`) or `url` "
+        "(with `url`)",
+        param=where,
+    )
 
 
 def _assistant(blocks: list[ContentBlock]) -> dict[str, Any]:
@@ -130,21 +186,23 @@ def _assistant(blocks: list[ContentBlock]) -> dict[str, Any]:
 
 
 def _tool_result(block: ContentBlock) -> dict[str, Any]:
+    """A `tool` message: the result's text, or its parts in order when it has images."""
     content = block.content
     if content is None or isinstance(content, str):
-        text = content or ""
+        text: str | list[dict[str, Any]] = content or ""
     else:
-        text = "".join(_result_text(part) for part in content)
+        text = _content([_result_part(part) for part in content])
     return {"role": "tool", "tool_call_id": block.tool_use_id, "content": text}
 
 
-def _result_text(part: ResultPart) -> str:
+def _result_part(part: ResultPart) -> dict[str, Any]:
+    if part.type == "image":
+        return {"type": "image"}
     if part.type != "text":
         raise InvalidRequestError(
-            f"`tool_result` content of type `{part.type}` is not supported by this model",
-            param="messages",
+            f"`tool_result` content of type `{part.type}` is not supported", param="messages"
         )
-    return part.text or ""
+    return {"type": "text", "text": part.text or ""}
 
 
 def _unsupported(block: ContentBlock) -> None:
