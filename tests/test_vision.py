@@ -1,0 +1,276 @@
+"""Vision-language models, the model side: typed `vision` from mlx-vlm's own registry (or a
+`vision_config`), loaded and run with mlx-vlm on the engine's thread, answers equal to
+mlx-vlm's own in-process generation, images keyed by content in the prompt cache, text-only
+requests, and the VLM in the pool beside a text model."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from conftest import running_daemon
+from PIL import Image
+from tinymodel import make_tiny_model
+from visionmodel import make_tiny_vlm
+
+from mlxrouter import status, targets
+from mlxrouter.discovery import describe_folder
+from mlxrouter.engine import Chunk, Engine, Finished, GenerationRequest, LoadSpec, SamplingParams
+from mlxrouter.engine.types import ImageInput, Started
+from mlxrouter.engine.vision import cache_key
+from mlxrouter.vision_types import vision_model_types
+
+GREEDY = SamplingParams(temperature=0)
+QUESTION = "What is in the picture?"
+
+
+def noise_png(seed: int, size: tuple[int, int] = (56, 56)) -> bytes:
+    """A PNG of random pixels: each seed a different picture of the same size."""
+    pixels = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "PNG")
+    return out.getvalue()
+
+
+def image_input(data: bytes) -> ImageInput:
+    with Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+    return ImageInput(
+        data, hashlib.sha256(data).hexdigest(), "messages[0].content[0]", width, height
+    )
+
+
+def image_turn(text: str = QUESTION) -> dict[str, Any]:
+    return {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}
+
+
+@pytest.fixture(scope="module")
+def vlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model folder holding the tiny Qwen2-VL `vlm` and the tiny text model `text`."""
+    root = tmp_path_factory.mktemp("vision-models")
+    make_tiny_vlm(root / "vlm")
+    make_tiny_model(root / "text", seed=1)
+    return root
+
+
+def reference(folder: Path, messages: list[dict[str, Any]], images: list[bytes], n: int) -> str:
+    """mlx-vlm's own greedy answer, in this process (this thread's MLX stream): the prompt
+    through the model's chat template, then `mlx_vlm.generate`; its tokens decoded whole (its
+    own text drops the bytes of a cut character, a stream shows them as U+FFFD)."""
+    from mlx_vlm import generate, load
+    from mlx_vlm.utils import load_image
+
+    model, processor = load(str(folder))
+    prompt = processor.tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=False
+    )
+    pictures = [load_image(io.BytesIO(data)) for data in images]
+    result = generate(model, processor, prompt, pictures or None, max_tokens=n, temperature=0.0)
+    return str(processor.tokenizer.decode(result.token_ids))
+
+
+async def answer(
+    engine: Engine, messages: list[dict[str, Any]], images: list[bytes], n: int = 8
+) -> tuple[str, Started, Finished]:
+    stream = await engine.generate(
+        "vlm",
+        GenerationRequest(
+            messages=messages,
+            images=tuple(image_input(d) for d in images),
+            max_tokens=n,
+            sampling=GREEDY,
+        ),
+    )
+    text, started, finished = [], None, None
+    async for event in stream:
+        if isinstance(event, Chunk):
+            text.append(event.text)
+        elif isinstance(event, Started):
+            started = event
+        elif isinstance(event, Finished):
+            finished = event
+    assert started is not None and finished is not None
+    return "".join(text), started, finished
+
+
+@pytest.fixture
+async def engine(vlm_dir: Path) -> AsyncIterator[Engine]:
+    engine = Engine()
+    await engine.load(LoadSpec("vlm", vlm_dir / "vlm", vision=True))
+    yield engine
+    engine.close()
+
+
+# ---- typing ---------------------------------------------------------------------------------
+
+
+def test_vision_types_come_from_mlx_vlms_registry() -> None:
+    """Families with a vision tower (and mlx-vlm's aliases of them) are vision; the text-only
+    families mlx-vlm also carries (llama, qwen2) are not."""
+    types = vision_model_types()
+    assert {"qwen2_vl", "idefics3", "smolvlm", "gemma3", "lfm2-vl"} <= types
+    assert not {"llama", "qwen2", "mistral"} & types
+
+
+def test_a_vlm_folder_is_typed_vision(vlm_dir: Path, tmp_path: Path) -> None:
+    found = describe_folder("vlm", vlm_dir / "vlm", vision_types=vision_model_types())
+    assert found is not None and found.model_type == "vision"
+    assert "vision" in found.capabilities
+    text = describe_folder("text", vlm_dir / "text", vision_types=vision_model_types())
+    assert text is not None and text.model_type == "chat" and "vision" not in text.capabilities
+    # a `vision_config` makes a vision model whatever mlx-vlm knows of its type
+    other = tmp_path / "other"
+    shutil.copytree(vlm_dir / "vlm", other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "model_type": "someday_vl"}))
+    found = describe_folder("other", other)
+    assert found is not None and found.model_type == "vision"
+
+
+def test_image_tokens_are_keyed_by_content() -> None:
+    """The prompt cache's key: the same picture gives the same key, another picture of the
+    same size (the same placeholder tokens) another one; text tokens are kept."""
+    prompt = [5, 6, 9, 9, 9, 7, 9, 9, 8]
+    a, b = "a" * 64, "b" * 64
+    assert cache_key(prompt, 9, [a, b]) == cache_key(prompt, 9, [a, b])
+    key = cache_key(prompt, 9, [a, b])
+    assert [key[i] for i in (0, 1, 5, 8)] == [5, 6, 7, 8]
+    assert all(key[i] < 0 for i in (2, 3, 4, 6, 7))
+    assert cache_key(prompt, 9, [b, b])[2:5] != key[2:5]
+    assert cache_key(prompt, 9, [b, b])[6:8] == key[6:8]  # the second image is the same
+    assert cache_key(prompt, 9, []) == prompt
+
+
+# ---- the engine -----------------------------------------------------------------------------
+
+
+async def test_greedy_answer_equals_mlx_vlms(engine: Engine, vlm_dir: Path) -> None:
+    """For two pictures, the engine's greedy answer is mlx-vlm's; and the pictures matter
+    (their answers differ), so the image really reached the model."""
+    answers = []
+    for seed in (1, 2):
+        picture = noise_png(seed)
+        text, started, finished = await answer(engine, [image_turn()], [picture])
+        assert text == reference(vlm_dir / "vlm", [image_turn()], [picture], 8)
+        # 56 x 56 pixels: 4 x 4 patches, merged 2 x 2, are 4 image tokens of the prompt
+        assert started.prompt_tokens == finished.prompt_tokens > 4
+        answers.append(text)
+    assert answers[0] != answers[1]
+
+
+async def test_text_only_request_to_a_vision_model(engine: Engine, vlm_dir: Path) -> None:
+    messages = [{"role": "user", "content": "Hello there"}]
+    text, _, finished = await answer(engine, messages, [])
+    assert finished.completion_tokens > 0
+    assert text == reference(vlm_dir / "vlm", messages, [], 8)
+
+
+async def test_second_turn_about_the_same_image_reuses_the_cache(
+    engine: Engine, vlm_dir: Path
+) -> None:
+    picture = noise_png(3)
+    first, _, turn = await answer(engine, [image_turn()], [picture])
+    assert turn.cached_tokens == 0
+    follow_up = [
+        image_turn(),
+        {"role": "assistant", "content": first},
+        {"role": "user", "content": "And the colours?"},
+    ]
+    again, started, finished = await answer(engine, follow_up, [picture])
+    # the whole first prompt, its image tokens included, came from the cache
+    assert started.cached_tokens == finished.cached_tokens >= turn.prompt_tokens
+    uncached = Engine(prompt_cache_bytes=0)
+    try:
+        await uncached.load(LoadSpec("vlm", vlm_dir / "vlm", vision=True))
+        fresh, _, finished = await answer(uncached, follow_up, [picture])
+    finally:
+        uncached.close()
+    assert finished.cached_tokens == 0
+    assert again == fresh
+
+
+async def test_another_picture_of_the_same_size_is_not_taken_from_the_cache(
+    engine: Engine,
+) -> None:
+    """Its placeholder tokens are the same as the first picture's: only the text before the
+    image may come from the cache."""
+    _, _, first = await answer(engine, [image_turn()], [noise_png(4)])
+    _, started, _ = await answer(engine, [image_turn()], [noise_png(5)])
+    assert started.cached_tokens < first.prompt_tokens - 4
+
+
+async def test_concurrent_requests_to_one_vision_model_each_get_their_answer(
+    engine: Engine,
+) -> None:
+    """They run one at a time (mlx-vlm keeps positions on the model), so each answer is the
+    one it gets alone."""
+    pictures = [noise_png(6), noise_png(7), noise_png(6)]
+    alone = [(await answer(engine, [image_turn()], [p]))[0] for p in pictures]
+    together = await asyncio.gather(*(answer(engine, [image_turn()], [p]) for p in pictures))
+    assert [text for text, _, _ in together] == alone
+
+
+# ---- the daemon -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def served(vlm_dir: Path) -> Iterator[str]:
+    with running_daemon(f"model_dirs: [{vlm_dir}]\nhf_cache: false\n") as (url, _):
+        yield url
+
+
+def test_models_list_the_vlm_as_vision_and_the_pool_holds_it_beside_a_text_model(
+    served: str, vlm_dir: Path
+) -> None:
+    with httpx.Client(base_url=served, timeout=300) as client:
+        cards = {card["id"]: card for card in client.get("/v1/models").json()["data"]}
+        assert cards["vlm"]["type"] == "vision" and cards["vlm"]["available"] is True
+        assert "vision" in cards["vlm"]["capabilities"]
+        assert cards["text"]["type"] == "chat" and "vision" not in cards["text"]["capabilities"]
+        shown = client.post("/api/show", json={"model": "vlm"}).json()
+        assert "vision" in shown["capabilities"]
+        for model in ("vlm", "text"):
+            body = {"model": model, "messages": [{"role": "user", "content": "Hi"}]}
+            reply = client.post("/v1/chat/completions", json={**body, "max_tokens": 3})
+            assert reply.status_code == 200, reply.text
+        pool = {e["id"]: e for e in client.get("/admin/pool").json()["entries"]}
+        assert pool["vlm"]["type"] == "vision" and pool["text"]["type"] == "chat"
+        # the vision tower's weights count in the entry's size
+        tower, total = _weight_bytes(vlm_dir / "vlm" / "model.safetensors", "vision_tower.")
+        assert tower > 0 and pool["vlm"]["bytes"] >= total
+
+
+def _weight_bytes(path: Path, prefix: str) -> tuple[int, int]:
+    """The bytes of the tensors named `prefix...` in a safetensors file, and of all of them."""
+    from safetensors import safe_open
+
+    part = total = 0
+    with safe_open(str(path), framework="numpy") as weights:
+        for name in weights.keys():  # noqa: SIM118 - safe_open is not a mapping
+            size = weights.get_tensor(name).nbytes
+            total += size
+            part += size if name.startswith(prefix) else 0
+    return part, total
+
+
+def test_without_mlx_vlm_a_vision_model_is_listed_unavailable(
+    served: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(status, "vision_installed", lambda: False)
+    monkeypatch.setattr(targets, "vision_installed", lambda: False)
+    with httpx.Client(base_url=served, timeout=60) as client:
+        cards = {card["id"]: card for card in client.get("/v1/models").json()["data"]}
+        assert cards["vlm"]["available"] is False and cards["text"]["available"] is True
+        body = {"model": "vlm", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+        reply = client.post("/v1/chat/completions", json=body)
+        assert reply.status_code >= 400
+        assert "mlxrouter[vision]" in reply.json()["error"]["message"]
