@@ -60,6 +60,24 @@ class ResponsesConfig(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=
     store_max_bytes: ByteSize = ByteSize.parse("64MiB")
 
 
+class ImagesConfig(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Images in prompts (`images.py`): limits, and whether image URLs are fetched at all."""
+
+    #: fetch `http(s)` image URLs; off, such an image is refused (clients send data URLs)
+    allow_urls: bool = False
+    #: the hosts URLs may name (and redirect to): `example.com`, `*.example.com` (its
+    #: subdomains), `*` (any); a loopback, link-local or private address only when named exactly
+    allowed_hosts: list[str] = msgspec.field(default_factory=list)
+    #: the largest image file, as sent or fetched
+    max_bytes: ByteSize = ByteSize.parse("20MB")
+    #: the most pixels (width x height) an image may declare; larger ones are never decoded
+    max_pixels: Annotated[int, msgspec.Meta(ge=1)] = 40_000_000
+    #: the most images one request may carry (its whole conversation)
+    max_per_request: Annotated[int, msgspec.Meta(ge=0)] = 8
+    #: seconds one image URL may take to fetch, redirects included
+    fetch_timeout: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+
+
 class ModelSettings(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Per-model request defaults: under a `models:` entry, or in `defaults:` for every model.
     A request's own field wins over the entry's, which wins over `defaults:`. Unset (null)
@@ -181,6 +199,7 @@ class Config(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     #: other OpenAI-compatible servers whose models are served here too (local ids win)
     upstreams: list[UpstreamConfig] = msgspec.field(default_factory=list)
     responses: ResponsesConfig = msgspec.field(default_factory=ResponsesConfig)
+    images: ImagesConfig = msgspec.field(default_factory=ImagesConfig)
     api_key: str | None = None
     log_level: str = "info"
     #: the largest completion a request gets when it names no max_tokens

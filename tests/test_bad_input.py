@@ -12,8 +12,49 @@ import httpx
 import openai
 import pytest
 from conftest import running_daemon
+from imagedata import b64, data_url, garbage_png, huge_png, png
 
 OK_MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+HUGE = huge_png()
+#: the first image of the first message (after its text part)
+AT = "messages[0].content[1]"
+
+
+def user_image(*urls: str) -> dict[str, Any]:
+    """A user message: a text part, then an `image_url` part per URL."""
+    images = [{"type": "image_url", "image_url": {"url": url}} for url in urls]
+    return {"role": "user", "content": [{"type": "text", "text": "What is this?"}, *images]}
+
+
+def image_blocks(*sources: dict[str, Any]) -> dict[str, Any]:
+    """An Anthropic user message: a text block, then an `image` block per source."""
+    images = [{"type": "image", "source": source} for source in sources]
+    return {"role": "user", "content": [{"type": "text", "text": "What is this?"}, *images]}
+
+
+def base64_source(data: bytes) -> dict[str, Any]:
+    return {"type": "base64", "media_type": "image/png", "data": b64(data)}
+
+
+def url_source(url: str) -> dict[str, Any]:
+    return {"type": "url", "url": url}
+
+
+def input_image(**fields: Any) -> dict[str, Any]:
+    """A Responses user message: an `input_text` part, then an `input_image` part."""
+    image = {"type": "input_image", **fields}
+    return {"role": "user", "content": [{"type": "input_text", "text": "What is it?"}, image]}
+
+
+def ollama_images(*images: str) -> dict[str, Any]:
+    return {"role": "user", "content": "What is this?", "images": list(images)}
+
+
+def ollama_generate(*images: str, **fields: Any) -> dict[str, Any]:
+    body = {"model": "tiny-a", "prompt": "What is this?", "images": list(images)}
+    return {**body, "options": {"num_predict": 2}, **fields}
 
 
 def chat(**fields: Any) -> dict[str, Any]:
@@ -98,13 +139,27 @@ CASES: list[tuple[str, str, str, Any, int, str | None]] = [
         "messages[0].role",
     ),
     (
-        "image content part",
+        "image content part without its url",
         "POST",
         "/v1/chat/completions",
         chat(messages=[{"role": "user", "content": [{"type": "image_url"}]}]),
         400,
-        "messages",
+        "messages[0].content[0]",
     ),
+    *[
+        (f"image: {name}", "POST", "/v1/chat/completions", chat(messages=[parts]), 400, where)
+        for name, parts, where in [
+            ("to a text-only model", user_image(data_url(png())), "messages[0].content[1]"),
+            ("corrupt base64", user_image("data:image/png;base64,!!notbase64!!"), AT),
+            ("PNG header then garbage", user_image(data_url(garbage_png())), AT),
+            ("30,000 x 30,000 pixels", user_image(data_url(HUGE)), AT),
+            ("nine images", user_image(*[data_url(png())] * 9), "messages[0].content[9]"),
+            ("http URL by default", user_image("http://example.com/cat.png"), AT),
+            ("file: URL", user_image("file:///etc/passwd"), AT),
+            ("plain base64 as url", user_image(b64(png())), AT),
+            ("in a system message", {**user_image(data_url(png())), "role": "system"}, AT),
+        ]
+    ],
     (
         "temperature above 2",
         "POST",
@@ -313,12 +368,33 @@ CASES: list[tuple[str, str, str, Any, int, str | None]] = [
         None,
     ),
     (
-        "messages: image block",
+        "messages: image block without a source type",
         "POST",
         "/v1/messages",
         message(messages=[{"role": "user", "content": [{"type": "image", "source": {}}]}]),
         400,
         None,
+    ),
+    *[
+        (f"messages: image {name}", "POST", "/v1/messages", message(messages=[turn]), 400, where)
+        for name, turn, where in [
+            ("to a text-only model", image_blocks(base64_source(png())), AT),
+            ("corrupt base64", image_blocks({"type": "base64", "data": "@@@@"}), AT),
+            ("PNG header then garbage", image_blocks(base64_source(garbage_png())), AT),
+            ("30,000 x 30,000 pixels", image_blocks(base64_source(HUGE)), AT),
+            ("nine images", image_blocks(*[base64_source(png())] * 9), "messages[0].content[9]"),
+            ("http URL by default", image_blocks(url_source("http://example.com/a.png")), AT),
+            ("file: URL", image_blocks(url_source("file:///etc/passwd")), AT),
+            ("without data", image_blocks({"type": "base64", "media_type": "image/png"}), AT),
+        ]
+    ],
+    (
+        "count_tokens: image to a text-only model",
+        "POST",
+        "/v1/messages/count_tokens",
+        {"model": "tiny-a", "messages": [image_blocks(base64_source(png()))]},
+        400,
+        AT,
     ),
     (
         "messages: prompt longer than context",
@@ -359,13 +435,30 @@ CASES: list[tuple[str, str, str, Any, int, str | None]] = [
         "temperature",
     ),
     (
-        "responses: image input part",
+        "responses: image input part without its url",
         "POST",
         "/v1/responses",
         response(input=[{"role": "user", "content": [{"type": "input_image"}]}]),
         400,
-        "input",
+        "input[0].content[0]",
     ),
+    *[
+        (f"responses: image {name}", "POST", "/v1/responses", response(input=[item]), 400, where)
+        for name, item, where in [
+            ("to a text-only model", input_image(image_url=data_url(png())), "input[0].content[1]"),
+            (
+                "corrupt base64",
+                input_image(image_url="data:image/png;base64,@@"),
+                "input[0].content[1]",
+            ),
+            ("as a file_id", input_image(file_id="file-abc"), "input[0].content[1]"),
+            (
+                "http URL by default",
+                input_image(image_url="https://example.com/a.png"),
+                "input[0].content[1]",
+            ),
+        ]
+    ],
     ("responses: malformed JSON", "POST", "/v1/responses", b"[1, 2", 400, None),
     ("responses: GET unknown id", "GET", "/v1/responses/resp_nope", None, 404, None),
     ("responses: DELETE unknown id", "DELETE", "/v1/responses/resp_nope", None, 404, None),
@@ -405,6 +498,29 @@ CASES: list[tuple[str, str, str, Any, int, str | None]] = [
         None,
     ),
     ("ollama chat: messages not a list", "POST", "/api/chat", ollama(messages="hi"), 400, None),
+    *[
+        (f"ollama chat: image {name}", "POST", "/api/chat", ollama(messages=[turn]), 400, where)
+        for name, turn, where in [
+            ("to a text-only model", ollama_images(b64(png())), "messages[0].images[0]"),
+            ("corrupt base64", ollama_images("@@@@"), "messages[0].images[0]"),
+            ("PNG header then garbage", ollama_images(b64(garbage_png())), "messages[0].images[0]"),
+            (
+                "30,000 x 30,000 pixels",
+                ollama_images(b64(png()), b64(HUGE)),
+                "messages[0].images[1]",
+            ),
+            ("nine images", ollama_images(*[b64(png())] * 9), "messages[0].images[8]"),
+            ("an http URL", ollama_images("http://example.com/a.png"), "messages[0].images[0]"),
+        ]
+    ],
+    *[
+        (f"ollama generate: {name}", "POST", "/api/generate", generate, 400, where)
+        for name, generate, where in [
+            ("image to a text-only model", ollama_generate(b64(png())), "images[0]"),
+            ("corrupt image", ollama_generate(b64(garbage_png())), "images[0]"),
+            ("images with raw", ollama_generate(b64(png()), raw=True), "images"),
+        ]
+    ],
     ("ollama chat: malformed JSON", "POST", "/api/chat", b"{not json", 400, None),
     (
         "ollama chat: prompt longer than context",
@@ -553,9 +669,11 @@ def test_bad_input(
         if path.startswith("/v1/messages"):
             assert body["type"] == "error" and set(body["error"]) == {"type", "message"}
             message = body["error"]["message"]
+            assert param is None or param in message  # no `param` here: the message names it
         elif path.startswith("/api/"):
             assert set(body) == {"error"}
             message = body["error"]
+            assert param is None or param in message
         else:
             error = body["error"]
             assert set(error) == {"message", "type", "param", "code"}

@@ -14,6 +14,7 @@ import httpx
 import openai
 import pytest
 from conftest import running_daemon
+from imagedata import data_url, png
 from toolmodel import CITY_TOOL, tool_call_text
 
 WEATHER_TOOL = {
@@ -238,14 +239,15 @@ def test_text_content_parts_are_accepted_and_images_refused(daemon: tuple[str, A
         timeout=60,
     )
     assert ok.status_code == 200
-    image = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
+    image = [{"type": "image_url", "image_url": {"url": data_url(png())}}]
     refused = httpx.post(
         daemon[0] + "/v1/chat/completions",
         json={"model": "tiny-a", "messages": [{"role": "user", "content": image}]},
         timeout=60,
     )
     assert refused.status_code == 400
-    assert refused.json()["error"]["param"] == "messages"
+    assert refused.json()["error"]["param"] == "messages[0].content[0]"
+    assert "does not take images" in refused.json()["error"]["message"]
 
 
 def test_compatibility_aliases_and_harmless_fields(daemon: tuple[str, Any]) -> None:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from ..config import ModelSettings
 from ..engine import GenerationRequest, SamplingParams
 from ..errors import InvalidRequestError
+from ..images import ImageRef
 from ..units import Duration
 from .schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
 
@@ -98,23 +99,54 @@ def _stop(stop: str | list[str] | None) -> tuple[str, ...]:
     return tuple(s for s in items if s)
 
 
-def _message_text(content: Any) -> str:
-    """A message's text. No content (an assistant turn that only calls tools, echoed back by
+def _message_content(content: Any) -> str | list[dict[str, Any]]:
+    """A message's content. No content (an assistant turn that only calls tools, echoed back by
     SDKs as `null` or left out) renders as empty text, as mlx_lm.server does: templates read
-    `message['content']` and fail on a missing or null one."""
+    `message['content']` and fail on a missing or null one. Text parts are joined; with an
+    image among them the content is the parts in order, `{"type": "image"}` for each image
+    (the shape vision processors' templates take; the images themselves ride on the request)."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
-    texts = []
+    parts: list[dict[str, Any]] = []
     for part in content:
-        if part.type != "text":
+        if part.type == "text":
+            parts.append({"type": "text", "text": part.text or ""})
+        elif part.type == "image_url":
+            parts.append({"type": "image"})
+        else:
             raise InvalidRequestError(
-                f"Content parts of type `{part.type}` are not supported by this model",
-                param="messages",
+                f"Content parts of type `{part.type}` are not supported", param="messages"
             )
-        texts.append(part.text or "")
-    return "".join(texts)
+    if all(part["type"] == "text" for part in parts):
+        return "".join(part["text"] for part in parts)
+    return parts
+
+
+def image_refs(messages: list[ChatMessage], prefix: str = "messages") -> list[ImageRef]:
+    """The images of a chat request, in the order of their `{"type": "image"}` parts;
+    `prefix` names the messages' field in errors. Images are taken in user messages only."""
+    refs = []
+    for i, message in enumerate(messages):
+        if not isinstance(message.content, list):
+            continue
+        for j, part in enumerate(message.content):
+            if part.type != "image_url":
+                continue
+            where = f"{prefix}[{i}].content[{j}]"
+            if message.role != "user":
+                raise InvalidRequestError(
+                    f"The image at {where} is in a `{message.role}` message; images are taken "
+                    "in user messages only",
+                    param=where,
+                )
+            if part.image_url is None or not part.image_url.url:
+                raise InvalidRequestError(
+                    f"The `image_url` part at {where} needs `image_url.url`", param=where
+                )
+            refs.append(ImageRef(where=where, source=part.image_url.url))
+    return refs
 
 
 def chat_request(
@@ -176,7 +208,7 @@ def template_kwargs(body: ChatCompletionRequest) -> dict[str, Any]:
 def _template_message(message: ChatMessage) -> dict[str, Any]:
     """An OpenAI message as chat templates expect it. Tool-call arguments arrive as JSON
     strings but templates render them with `tojson`, so they are decoded first."""
-    item: dict[str, Any] = {"role": message.role, "content": _message_text(message.content)}
+    item: dict[str, Any] = {"role": message.role, "content": _message_content(message.content)}
     if message.name:
         item["name"] = message.name
     if message.tool_call_id:

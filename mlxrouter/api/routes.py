@@ -24,6 +24,7 @@ from .. import __version__
 from ..config import ModelSettings
 from ..daemon import Daemon
 from ..engine import GenerationRequest
+from ..images import ImageRef
 from ..metrics import CONTENT_TYPE
 from ..status import ErrorResponse, Health, LoadAnswer, ModelDetail, PoolStatus, UnloadAnswer
 from . import answers, convert
@@ -73,8 +74,10 @@ async def _complete(
     limit = daemon.config.default_max_tokens
     kind: Literal["chat", "text"]
     build: Callable[[ModelSettings], list[GenerationRequest]]
+    images: list[ImageRef] = []
     if isinstance(body, ChatCompletionRequest):
         kind, logprobs = "chat", bool(body.logprobs)
+        images = convert.image_refs(body.messages)
 
         def build(settings: ModelSettings) -> list[GenerationRequest]:
             return [convert.chat_request(body, settings, default_max_tokens=limit)]
@@ -91,7 +94,7 @@ async def _complete(
         adapters=body.adapters,
         keep_alive=convert.keep_alive(body.keep_alive),
     )
-    await session.open(build)
+    await session.open(build, images)
     meta = answers.ResponseMeta(kind=kind, model=session.model, logprobs=logprobs)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

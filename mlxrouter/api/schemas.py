@@ -32,9 +32,19 @@ class StreamOptions(msgspec.Struct, kw_only=True):
     include_usage: bool = False
 
 
+class ImageUrl(msgspec.Struct, kw_only=True):
+    #: a data URL (`data:image/png;base64,...`), or an http(s) URL if the owner allows them
+    url: str
+    #: OpenAI's resolution hint; accepted, no effect (the model's processor sizes the image)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
 class ContentPart(msgspec.Struct, kw_only=True):
+    """A message's content part: `text`, or `image_url` (vision models)."""
+
     type: str
     text: str | None = None
+    image_url: ImageUrl | None = None
 
 
 class ToolCallFunction(msgspec.Struct, kw_only=True):

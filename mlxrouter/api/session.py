@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from typing import Any, TypeVar, overload
 
 from litestar import Request
@@ -22,7 +23,7 @@ from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 from litestar.types import Receive, Scope, Send
 
-from ..config import ModelSettings
+from ..config import ImagesConfig, ModelSettings
 from ..daemon import Daemon
 from ..discovery import ModelType
 from ..engine import (
@@ -32,11 +33,13 @@ from ..engine import (
     Finished,
     GenerationRequest,
     GenerationStream,
+    ImageInput,
     Started,
 )
-from ..errors import ClientDisconnectedError, EngineError, MlxRouterError
+from ..errors import ClientDisconnectedError, EngineError, InvalidRequestError, MlxRouterError
+from ..images import ImageRef, fetch_urls, load_inline
 from ..remote import RemoteStream
-from ..targets import check_serves
+from ..targets import Target, check_serves
 from ..units import Duration
 from .access import RequestRecord
 from .errors import status_of
@@ -92,16 +95,22 @@ class CompletionSession:
     def choices(self) -> int:
         return len(self._streams)
 
-    async def open(self, build: Callable[[ModelSettings], Sequence[EngineRequest]]) -> None:
+    async def open(
+        self,
+        build: Callable[[ModelSettings], Sequence[EngineRequest]],
+        images: Sequence[ImageRef] = (),
+    ) -> None:
         """Resolve the model, turn the request into engine requests with `build` (given the
-        model's request defaults), take the lease (loading it if needed) and submit them all;
-        returns once the engine has accepted them. On failure the session is closed."""
+        model's request defaults) with its `images` (checked, fetched, `request_images`),
+        take the lease (loading it if needed) and submit them all; returns once the engine
+        has accepted them. On failure the session is closed."""
         try:
             target = self.daemon.target(self._model, self._adapters)
             self.model = target.requested
             self.record.resolved(target.requested)
             check_serves(target, self.serves)
-            generations = build(self.daemon.settings(target))
+            loaded = await request_images(self.daemon.config.images, target, images)
+            generations = with_images(build(self.daemon.settings(target)), loaded)
             for generation in generations:
                 self.record.log_prompt(generation)
             first = generations[0] if generations else None  # none: a load only
@@ -245,6 +254,35 @@ class CompletionSession:
             else:
                 self._finished[index] = event
             yield index, event
+
+
+async def request_images(
+    limits: ImagesConfig, target: Target, refs: Sequence[ImageRef]
+) -> tuple[ImageInput, ...]:
+    """A request's images, verified: inline ones decoded and checked first (so a bad image is
+    named as such whatever the model), then refused unless the model is a vision model (never
+    dropped), then URLs fetched (only for a model that takes them)."""
+    if not refs:
+        return ()
+    checked = await load_inline(refs, limits)
+    if target.model.found.model_type != "vision":
+        where = refs[0].where
+        raise InvalidRequestError(
+            f"`{target.requested}` does not take images (the image at {where}): it is not a "
+            "vision model",
+            param=where,
+        )
+    return await fetch_urls(checked, limits)
+
+
+def with_images(
+    requests: Sequence[EngineRequest], images: tuple[ImageInput, ...]
+) -> Sequence[EngineRequest]:
+    """`requests` with the request's images on its generations (its `{"type": "image"}`
+    parts are in their messages already)."""
+    if not images:
+        return requests
+    return [replace(r, images=images) if isinstance(r, GenerationRequest) else r for r in requests]
 
 
 async def _pump(

@@ -14,6 +14,7 @@ import msgspec
 from ...config import ModelSettings
 from ...engine import Chunk, Finished, GenerationRequest, ToolCall
 from ...errors import EngineError, MlxRouterError
+from ...images import ImageRef
 from ..envelopes import ANTHROPIC_PREFIX, AnthropicError, AnthropicErrorBody, ApiError, error_bytes
 from ..errors import status_of
 from ..session import CompletionSession, SessionStream
@@ -174,6 +175,7 @@ async def streamed_message(
     build: Callable[[ModelSettings], list[GenerationRequest]],
     message_id: str,
     *,
+    images: Sequence[ImageRef] = (),
     ping_seconds: float | None = None,
 ) -> SessionStream:
     """Open the session and stream the message. An error within the first ping interval is
@@ -181,7 +183,7 @@ async def streamed_message(
     starts the stream at once, with pings until the prompt is accepted, and an error then is
     an in-band `error` event."""
     every = PING_SECONDS if ping_seconds is None else ping_seconds
-    opening = asyncio.ensure_future(session.open(build))
+    opening = asyncio.ensure_future(session.open(build, images))
     # open() records and closes on failure; this marks an error nobody awaits as seen
     opening.add_done_callback(lambda task: task.cancelled() or task.exception())
     try:

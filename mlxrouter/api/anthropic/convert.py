@@ -11,6 +11,7 @@ from typing import Any
 from ...config import ModelSettings
 from ...engine import GenerationRequest, SamplingParams
 from ...errors import InvalidRequestError
+from ...images import ImageRef
 from .schemas import ContentBlock, CountTokensRequest, MessageParam, MessagesRequest, ResultPart
 
 
@@ -89,20 +90,60 @@ def _turn(message: MessageParam) -> list[dict[str, Any]]:
     if message.role == "assistant":
         return [_assistant(message.content)]
     turns: list[dict[str, Any]] = []
-    texts: list[str] = []
+    parts: list[dict[str, Any]] = []
     for block in message.content:
         if block.type == "tool_result":
-            if texts:
-                turns.append({"role": "user", "content": "".join(texts)})
-                texts = []
+            if parts:
+                turns.append({"role": "user", "content": _content(parts)})
+                parts = []
             turns.append(_tool_result(block))
         elif block.type == "text":
-            texts.append(block.text or "")
+            parts.append({"type": "text", "text": block.text or ""})
+        elif block.type == "image":
+            parts.append({"type": "image"})  # its image rides on the request (`image_refs`)
         else:
             _unsupported(block)
-    if texts or not turns:
-        turns.append({"role": "user", "content": "".join(texts)})
+    if parts or not turns:
+        turns.append({"role": "user", "content": _content(parts)})
     return turns
+
+
+def _content(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """Text parts joined; with an image among them, the parts in order."""
+    if all(part["type"] == "text" for part in parts):
+        return "".join(part["text"] for part in parts)
+    return parts
+
+
+def image_refs(body: CountTokensRequest) -> list[ImageRef]:
+    """The `image` blocks of `body`'s messages, in order (user messages only): a `base64`
+    source's data, or a `url` source under the daemon's URL policy."""
+    refs = []
+    for i, message in enumerate(body.messages):
+        if isinstance(message.content, str):
+            continue
+        for j, block in enumerate(message.content):
+            if block.type != "image":
+                continue
+            where = f"messages[{i}].content[{j}]"
+            source = block.source
+            if message.role != "user":
+                raise InvalidRequestError(
+                    f"The image at {where} is in a `{message.role}` message; images are taken "
+                    "in user messages only",
+                    param=where,
+                )
+            if source is not None and source.type == "base64" and source.data:
+                refs.append(ImageRef(where=where, source=source.data, kind="base64"))
+            elif source is not None and source.type == "url" and source.url:
+                refs.append(ImageRef(where=where, source=source.url))
+            else:
+                raise InvalidRequestError(
+                    f"The image at {where} needs a `source` of type `base64` (with `data`) or "
+                    "`url` (with `url`)",
+                    param=where,
+                )
+    return refs
 
 
 def _assistant(blocks: list[ContentBlock]) -> dict[str, Any]:

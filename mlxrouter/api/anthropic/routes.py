@@ -4,6 +4,7 @@ in Anthropic's envelope (`api/envelopes.py`)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from litestar import Request, Response, post
@@ -16,9 +17,9 @@ from ...config import ModelSettings
 from ...daemon import Daemon
 from ...engine import GenerationRequest
 from ..envelopes import AnthropicError
-from ..session import CompletionSession
+from ..session import CompletionSession, request_images
 from . import answers
-from .convert import generation_request
+from .convert import generation_request, image_refs
 from .schemas import CountTokensRequest, Message, MessagesRequest, TokenCount
 
 
@@ -52,9 +53,11 @@ async def messages(
     daemon: Daemon = state.daemon
     session = CompletionSession(daemon, "chat", model=data.model, adapters=None, keep_alive=None)
     message_id = answers.message_id()
+    images = image_refs(data)
     if data.stream:  # opened by the stream: it pings while the model loads
-        return await answers.streamed_message(session, _builder(daemon, data), message_id)
-    await session.open(_builder(daemon, data))
+        build = _builder(daemon, data)
+        return await answers.streamed_message(session, build, message_id, images=images)
+    await session.open(_builder(daemon, data), images)
     ((chunks, finished),) = await session.answers(request)
     return Response(answers.full_message(message_id, session.model, chunks, finished))
 
@@ -64,8 +67,9 @@ async def count_tokens(state: State, data: JSONBody[CountTokensRequest]) -> Toke
     """The prompt's tokens under the model's own chat template (the model is loaded)."""
     daemon: Daemon = state.daemon
     target = daemon.target(data.model, None)
+    images = await request_images(daemon.config.images, target, image_refs(data))
     build = _builder(daemon, data)
-    generation = build(daemon.settings(target))[0]
+    generation = replace(build(daemon.settings(target))[0], images=images)
     async with daemon.lease(target) as lease:
         return TokenCount(input_tokens=await daemon.count_tokens(lease, generation))
 

@@ -27,12 +27,24 @@ class ResultPart(msgspec.Struct, kw_only=True):
     text: str | None = None
 
 
+class ImageSource(msgspec.Struct, kw_only=True):
+    """An `image` block's source: `base64` (`media_type`, `data`) or `url`."""
+
+    type: str
+    media_type: str | None = None
+    data: str | None = None
+    url: str | None = None
+
+
 class ContentBlock(msgspec.Struct, kw_only=True):
-    """A block of a message (or of `system`): `text`, `tool_use`, `tool_result`, `thinking`,
-    `redacted_thinking`; one Struct for all, the fields of each kind checked in `convert`."""
+    """A block of a message (or of `system`): `text`, `image`, `tool_use`, `tool_result`,
+    `thinking`, `redacted_thinking`; one Struct for all, the fields of each kind checked in
+    `convert`."""
 
     type: str
     text: str | None = None
+    # image
+    source: ImageSource | None = None
     # tool_use
     id: str | None = None
     name: str | None = None

@@ -12,8 +12,16 @@ from typing import Any
 from ...config import ModelSettings
 from ...engine import GenerationRequest
 from ...errors import InvalidRequestError
+from ...images import ImageRef
 from .. import convert
-from ..schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, ToolCallFunction
+from ..schemas import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    ContentPart,
+    ImageUrl,
+    ToolCallFunction,
+)
 from ..schemas import ToolCall as OpenAIToolCall
 from .schemas import ChatRequest, Format, GenerateRequest, OllamaMessage, Options
 
@@ -60,9 +68,38 @@ def response_format(format_: Format | None) -> dict[str, Any] | None:
     return {"type": "json_schema", "json_schema": {"name": "format", "schema": format_}}
 
 
+def _with_images(text: str | None, images: list[str] | None) -> str | list[ContentPart] | None:
+    """A message's content with its images first, then its text (as Ollama places them); the
+    images themselves come from `image_refs`, in the same order."""
+    if not images:
+        return text
+    parts = [ContentPart(type="image_url", image_url=ImageUrl(url="")) for _ in images]
+    return [*parts, ContentPart(type="text", text=text or "")]
+
+
+def image_refs(body: ChatRequest | GenerateRequest) -> list[ImageRef]:
+    """The request's images (base64), in order: each user message's `images` for a chat,
+    the request's `images` for a generate."""
+    if isinstance(body, GenerateRequest):
+        if body.images and body.raw:
+            raise InvalidRequestError("`images` need the chat template, not `raw`", param="images")
+        images = [(f"images[{j}]", data) for j, data in enumerate(body.images or [])]
+    else:
+        images = []
+        for i, message in enumerate(body.messages):
+            if message.images and message.role != "user":
+                raise InvalidRequestError(
+                    f"The images at messages[{i}].images are in a `{message.role}` message; "
+                    "images are taken in user messages only",
+                    param=f"messages[{i}].images",
+                )
+            images += [
+                (f"messages[{i}].images[{j}]", d) for j, d in enumerate(message.images or [])
+            ]
+    return [ImageRef(where=where, source=data, kind="base64") for where, data in images]
+
+
 def _message(message: OllamaMessage) -> ChatMessage:
-    if message.images:
-        raise InvalidRequestError("Images are not supported by this model", param="images")
     calls = [
         OpenAIToolCall(
             function=ToolCallFunction(
@@ -73,7 +110,7 @@ def _message(message: OllamaMessage) -> ChatMessage:
     ]
     return ChatMessage(
         role=message.role,
-        content=message.content,
+        content=_with_images(message.content, message.images),
         name=message.tool_name if message.role == "tool" else None,
         tool_calls=calls or None,
         reasoning_content=message.thinking or None,
@@ -101,17 +138,18 @@ def generate_request(
     body: GenerateRequest, settings: ModelSettings, *, default_max_tokens: int
 ) -> list[GenerationRequest]:
     """One engine request: the prompt (and `system`) through the chat template, or as it is
-    with `raw`; none when the prompt is empty (Ollama's way to load a model)."""
-    for name in ("template", "suffix", "context", "images"):
+    with `raw`; none when the prompt is empty (Ollama's way to load a model). With `images`,
+    the chat-shaped request is one user message of the images, then the prompt."""
+    for name in ("template", "suffix", "context"):
         if getattr(body, name):
             raise InvalidRequestError(f"`{name}` is not supported", param=name)
-    if not body.prompt:
+    if not body.prompt and not body.images:
         return []
     sampling = sampling_fields(body.options)
     if body.raw:
         text = CompletionRequest(model=body.model, prompt=body.prompt, **sampling)
         return convert.completion_requests(text, settings, default_max_tokens=default_max_tokens)
-    messages = [ChatMessage(role="user", content=body.prompt)]
+    messages = [ChatMessage(role="user", content=_with_images(body.prompt, body.images))]
     if body.system:
         messages.insert(0, ChatMessage(role="system", content=body.system))
     chat = ChatCompletionRequest(

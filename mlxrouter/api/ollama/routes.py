@@ -114,7 +114,7 @@ async def _complete(
         adapters=None,
         keep_alive=keep_alive,
     )
-    await session.open(build)
+    await session.open(build, convert.image_refs(body))
     replies = answers.Replies(
         kind=kind,
         model=body.model,

@@ -9,7 +9,15 @@ import logging
 from typing import Any
 
 from ...errors import InvalidRequestError
-from ..schemas import ChatCompletionRequest, ChatMessage, ToolCall, ToolCallFunction
+from ...images import ImageRef
+from ..schemas import (
+    ChatCompletionRequest,
+    ChatMessage,
+    ContentPart,
+    ImageUrl,
+    ToolCall,
+    ToolCallFunction,
+)
 from .schemas import InputItem, InputPart, ResponsesRequest
 
 log = logging.getLogger(__name__)
@@ -64,11 +72,59 @@ def _text(content: str | list[InputPart] | None, param: str) -> str:
     return "".join(texts)
 
 
+def _content(content: str | list[InputPart] | None) -> str | list[ContentPart]:
+    """A message's content; with an `input_image` among its parts, the chat path's parts
+    (`image_refs` gives the images, in the same order)."""
+    if not isinstance(content, list) or all(p.type != "input_image" for p in content):
+        return _text(content, "input")
+    return [
+        ContentPart(type="image_url", image_url=ImageUrl(url=part.image_url or ""))
+        if part.type == "input_image"
+        else ContentPart(type="text", text=_text([part], "input"))
+        for part in content
+    ]
+
+
+def image_refs(items: list[InputItem], earlier: int) -> list[ImageRef]:
+    """The `input_image` parts of `items` (user messages only), in order; the first `earlier`
+    items are the previous response's, named as such in errors."""
+    refs = []
+    for k, item in enumerate(items):
+        if item.type != "message" or not isinstance(item.content, list):
+            continue
+        for j, part in enumerate(item.content):
+            if part.type != "input_image":
+                continue
+            where = (
+                f"input[{k - earlier}].content[{j}]"
+                if k >= earlier
+                else f"previous_response_id's input[{k}].content[{j}]"
+            )
+            if item.role != "user":
+                raise InvalidRequestError(
+                    f"The image at {where} is in a `{item.role}` message; images are taken "
+                    "in user messages only",
+                    param=where,
+                )
+            if part.file_id is not None:
+                raise InvalidRequestError(
+                    f"The image at {where} names a `file_id`; there is no Files API here: "
+                    "send `image_url` (a data URL)",
+                    param=where,
+                )
+            if not part.image_url:
+                raise InvalidRequestError(
+                    f"The `input_image` part at {where} needs `image_url`", param=where
+                )
+            refs.append(ImageRef(where=where, source=part.image_url))
+    return refs
+
+
 def _add(messages: list[ChatMessage], item: InputItem) -> None:
     if item.type == "message":
         if item.role is None:
             raise InvalidRequestError("a `message` input item needs a `role`", param="input")
-        messages.append(ChatMessage(role=item.role, content=_text(item.content, "input")))
+        messages.append(ChatMessage(role=item.role, content=_content(item.content)))
     elif item.type == "function_call":
         if not item.name or item.call_id is None:
             raise InvalidRequestError(

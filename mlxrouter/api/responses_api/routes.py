@@ -66,7 +66,7 @@ async def create_response(
         adapters=data.adapters,
         keep_alive=chat_convert.keep_alive(data.keep_alive),
     )
-    await session.open(build)
+    await session.open(build, convert.image_refs(items, len(history)))
     response = answers.new_response(
         model=session.model,
         instructions=data.instructions,

@@ -12,10 +12,16 @@ from ..schemas import PositiveInt, Probability, ReasoningEffort, Temperature
 
 
 class InputPart(msgspec.Struct, kw_only=True):
-    """A message's content part: `input_text`, `output_text` (or `text`); others are refused."""
+    """A message's content part: `input_text`, `output_text` (or `text`), `input_image` (its
+    `image_url`, a data URL; `file_id` is refused); others are refused."""
 
     type: str
     text: str | None = None
+    # input_image
+    image_url: str | None = None
+    file_id: str | None = None
+    #: OpenAI's resolution hint; accepted, no effect (the model's processor sizes the image)
+    detail: str | None = None
 
 
 class InputItem(msgspec.Struct, kw_only=True):
