@@ -6,6 +6,7 @@ requests, and the VLM in the pool beside a text model."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 import json
@@ -14,10 +15,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 import numpy as np
+import ollama
+import openai
 import pytest
 from conftest import running_daemon
+from imagedata import b64, data_url
 from PIL import Image
 from tinymodel import make_tiny_model
 from visionmodel import make_tiny_vlm
@@ -222,7 +227,7 @@ async def test_concurrent_requests_to_one_vision_model_each_get_their_answer(
 # ---- the daemon -----------------------------------------------------------------------------
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def served(vlm_dir: Path) -> Iterator[str]:
     with running_daemon(f"model_dirs: [{vlm_dir}]\nhf_cache: false\n") as (url, _):
         yield url
@@ -274,3 +279,90 @@ def test_without_mlx_vlm_a_vision_model_is_listed_unavailable(
         reply = client.post("/v1/chat/completions", json=body)
         assert reply.status_code >= 400
         assert "mlxrouter[vision]" in reply.json()["error"]["message"]
+
+
+# ---- the client SDKs, on a served daemon --------------------------------------------------------
+
+PICTURE_SEED = 11
+
+
+@functools.cache
+def expected(folder: Path, seed: int, n: int = 8) -> str:
+    return reference(folder, [image_turn()], [noise_png(seed)], n)
+
+
+def test_openai_sdk_with_a_data_url(served: str, vlm_dir: Path) -> None:
+    """Plain and streamed answers are mlx-vlm's; usage counts the image tokens; a second turn
+    about the same picture reports cached prompt tokens."""
+    picture = noise_png(PICTURE_SEED)
+    turn = {
+        "role": "user",
+        "content": [
+            {"type": "image_url", "image_url": {"url": data_url(picture)}},
+            {"type": "text", "text": QUESTION},
+        ],
+    }
+    with openai.OpenAI(base_url=served + "/v1", api_key="x", max_retries=0, timeout=300) as sdk:
+        plain = sdk.chat.completions.create(
+            model="vlm",
+            messages=[turn],
+            max_tokens=8,
+            temperature=0,  # type: ignore[list-item]
+        )
+        assert plain.choices[0].message.content == expected(vlm_dir / "vlm", PICTURE_SEED)
+        assert plain.usage is not None and plain.usage.prompt_tokens > 4 + 20  # 4 image tokens
+        chunks = sdk.chat.completions.create(
+            model="vlm",
+            messages=[turn],  # type: ignore[list-item]
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+        )
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert streamed == plain.choices[0].message.content
+        follow_up = [
+            turn,
+            {"role": "assistant", "content": plain.choices[0].message.content},
+            {"role": "user", "content": "And the colours?"},
+        ]
+        again = sdk.chat.completions.create(
+            model="vlm",
+            messages=follow_up,
+            max_tokens=4,
+            temperature=0,  # type: ignore[arg-type]
+        )
+        details = again.usage.prompt_tokens_details if again.usage else None
+        assert details is not None and (details.cached_tokens or 0) >= plain.usage.prompt_tokens
+
+
+def test_anthropic_sdk_with_a_base64_block(served: str, vlm_dir: Path) -> None:
+    picture = noise_png(PICTURE_SEED)
+    source = {"type": "base64", "media_type": "image/png", "data": b64(picture)}
+    with anthropic.Anthropic(base_url=served, api_key="x", max_retries=0, timeout=300) as sdk:
+        message = sdk.messages.create(
+            model="vlm",
+            max_tokens=8,
+            extra_body={"temperature": 0},
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image", "source": source},  # type: ignore[typeddict-item]
+                        {"type": "text", "text": QUESTION},
+                    ],
+                }
+            ],
+        )
+    text = "".join(block.text for block in message.content if block.type == "text")
+    assert text == expected(vlm_dir / "vlm", PICTURE_SEED)
+
+
+def test_ollama_package_with_images(served: str, vlm_dir: Path) -> None:
+    picture = noise_png(PICTURE_SEED)
+    with ollama.Client(host=served, timeout=300) as client:
+        reply = client.chat(
+            model="vlm",
+            messages=[{"role": "user", "content": QUESTION, "images": [picture]}],
+            options={"temperature": 0, "num_predict": 8},
+        )
+    assert reply.message.content == expected(vlm_dir / "vlm", PICTURE_SEED)
