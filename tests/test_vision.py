@@ -69,8 +69,10 @@ def vlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def reference(folder: Path, messages: list[dict[str, Any]], images: list[bytes], n: int) -> str:
     """mlx-vlm's own greedy answer, in this process (this thread's MLX stream): the prompt
-    through the model's chat template, then `mlx_vlm.generate`; its tokens decoded whole (its
-    own text drops the bytes of a cut character, a stream shows them as U+FFFD)."""
+    through the model's chat template, then `mlx_vlm.generate`. Its tokens are rendered by
+    mlx_lm's streaming detokenizer, as the daemon renders every model's tokens (mlx-vlm's own
+    text drops the bytes of a cut character, which a stream shows)."""
+    from mlx_lm.utils import load_tokenizer
     from mlx_vlm import generate, load
     from mlx_vlm.utils import load_image
 
@@ -80,11 +82,21 @@ def reference(folder: Path, messages: list[dict[str, Any]], images: list[bytes],
     )
     pictures = [load_image(io.BytesIO(data)) for data in images]
     result = generate(model, processor, prompt, pictures or None, max_tokens=n, temperature=0.0)
-    return str(processor.tokenizer.decode(result.token_ids))
+    tokenizer = load_tokenizer(folder)
+    detokenizer = tokenizer.detokenizer
+    for token in result.token_ids:
+        if token not in tokenizer.eos_token_ids:
+            detokenizer.add_token(token)
+    detokenizer.finalize()
+    return str(detokenizer.text)
 
 
 async def answer(
-    engine: Engine, messages: list[dict[str, Any]], images: list[bytes], n: int = 8
+    engine: Engine,
+    messages: list[dict[str, Any]],
+    images: list[bytes],
+    n: int = 8,
+    **fields: Any,
 ) -> tuple[str, Started, Finished]:
     stream = await engine.generate(
         "vlm",
@@ -92,7 +104,7 @@ async def answer(
             messages=messages,
             images=tuple(image_input(d) for d in images),
             max_tokens=n,
-            sampling=GREEDY,
+            **{"sampling": GREEDY, **fields},
         ),
     )
     text, started, finished = [], None, None
@@ -172,6 +184,42 @@ async def test_greedy_answer_equals_mlx_vlms(engine: Engine, vlm_dir: Path) -> N
     assert answers[0] != answers[1]
 
 
+async def test_two_images_in_one_request(engine: Engine, vlm_dir: Path) -> None:
+    """Each image in its place: the answer is mlx-vlm's for the same two pictures, and a
+    follow-up about both starts after both images from the cache."""
+    pictures = [noise_png(8), noise_png(9)]
+    turn = {
+        "role": "user",
+        "content": [
+            {"type": "image"},
+            {"type": "text", "text": "Compare"},
+            {"type": "image"},
+            {"type": "text", "text": QUESTION},
+        ],
+    }
+    text, started, _ = await answer(engine, [turn], pictures)
+    assert text == reference(vlm_dir / "vlm", [turn], pictures, 8)
+    swapped, _, _ = await answer(engine, [turn], pictures[::-1])
+    assert swapped != text
+    follow_up = [turn, {"role": "assistant", "content": text}, {"role": "user", "content": "?"}]
+    _, again, _ = await answer(engine, follow_up, pictures)
+    assert again.cached_tokens >= started.prompt_tokens
+
+
+async def test_stop_strings_and_seeds_work_as_for_text(engine: Engine) -> None:
+    """The tokens go through the same stop handling and seeded sampler as a text model's."""
+    picture = noise_png(1)
+    greedy, _, _ = await answer(engine, [image_turn()], [picture])
+    cut = greedy[2:4]
+    stopped, _, finished = await answer(engine, [image_turn()], [picture], stop=(cut,))
+    assert finished.finish_reason == "stop" and finished.stop_sequence == cut
+    assert stopped == greedy[: greedy.index(cut)]
+    seeded = SamplingParams(temperature=1.0, seed=7)
+    first, _, _ = await answer(engine, [image_turn()], [picture], n=12, sampling=seeded)
+    second, _, _ = await answer(engine, [image_turn()], [picture], n=12, sampling=seeded)
+    assert first == second
+
+
 async def test_text_only_request_to_a_vision_model(engine: Engine, vlm_dir: Path) -> None:
     messages = [{"role": "user", "content": "Hello there"}]
     text, _, finished = await answer(engine, messages, [])
@@ -247,6 +295,11 @@ def test_models_list_the_vlm_as_vision_and_the_pool_holds_it_beside_a_text_model
             body = {"model": model, "messages": [{"role": "user", "content": "Hi"}]}
             reply = client.post("/v1/chat/completions", json={**body, "max_tokens": 3})
             assert reply.status_code == 200, reply.text
+        # a text completion to the vision model, too
+        body = {"model": "vlm", "prompt": "Hello", "max_tokens": 3}
+        reply = client.post("/v1/completions", json=body)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["usage"]["completion_tokens"] > 0
         pool = {e["id"]: e for e in client.get("/admin/pool").json()["entries"]}
         assert pool["vlm"]["type"] == "vision" and pool["text"]["type"] == "chat"
         # the vision tower's weights count in the entry's size
@@ -355,6 +408,22 @@ def test_anthropic_sdk_with_a_base64_block(served: str, vlm_dir: Path) -> None:
         )
     text = "".join(block.text for block in message.content if block.type == "text")
     assert text == expected(vlm_dir / "vlm", PICTURE_SEED)
+    # counting the prompt counts its image tokens as the answer's usage does
+    with anthropic.Anthropic(base_url=served, api_key="x", max_retries=0, timeout=300) as sdk:
+        counted = sdk.messages.count_tokens(
+            model="vlm",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image", "source": source},  # type: ignore[typeddict-item]
+                        {"type": "text", "text": QUESTION},
+                    ],
+                }
+            ],
+        )
+    usage = message.usage  # Anthropic's input_tokens leave out those read from the cache
+    assert counted.input_tokens == usage.input_tokens + (usage.cache_read_input_tokens or 0)
 
 
 def test_ollama_package_with_images(served: str, vlm_dir: Path) -> None:

@@ -183,6 +183,8 @@ class Engine:
             loaded = self._models.get(key)
             if loaded is None:
                 raise EngineError(f"The model `{key}` is not loaded")
+            if loaded.vision is not None:  # its images' tokens included
+                return len(loaded.vision.inputs(loaded.model, loaded.tokenizer, request).prompt)
             return len(encode_prompt(loaded.tokenizer, request))
 
         return await self.call(count)

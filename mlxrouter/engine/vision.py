@@ -56,7 +56,6 @@ class VisionInputs:
     pixel_values: Any  # None for a text-only request
     mask: Any  # the attention mask, or None
     extra: dict[str, Any]  # the processor's other outputs (image_grid_thw, ...)
-    first_image: int  # index of the first image token (len(prompt) when none)
 
 
 @dataclass(slots=True)
@@ -109,10 +108,9 @@ class VisionModel:
         it); raises the request's errors."""
         from mlx_vlm.utils import load_image, prepare_inputs, should_add_special_tokens
 
-        images = [load_image(io.BytesIO(image.data)) for image in request.images]
         if request.messages is None and isinstance(request.prompt, list):
             prompt = list(request.prompt)
-            return VisionInputs(prompt, prompt, None, None, {}, len(prompt))
+            return VisionInputs(prompt, prompt, None, None, {})
         if request.messages is None:
             text, special = request.prompt or "", True
         else:
@@ -120,6 +118,7 @@ class VisionModel:
             special = should_add_special_tokens(model.config.model_type, self.processor)
             special = special or not templated
         try:
+            images = [load_image(io.BytesIO(image.data)) for image in request.images]
             processed = prepare_inputs(  # type: ignore[no-untyped-call]
                 self.processor,
                 images=images or None,
@@ -134,10 +133,11 @@ class VisionModel:
                 param="messages",
             ) from None
         prompt = [int(t) for t in processed["input_ids"].reshape(-1).tolist()]
-        first = next((i for i, t in enumerate(prompt) if t == self.image_token), len(prompt))
-        if images and first == len(prompt):  # never answer as if the images were not there
+        if self.image_token is not None and len(_runs(prompt, self.image_token)) < len(images):
+            # never answer as if an image were not there
             raise InvalidRequestError(
-                "The model's chat template left no place for the images", param="messages"
+                "The model's chat template left no place for some of the images",
+                param="messages",
             )
         extra = {
             k: v
@@ -151,7 +151,6 @@ class VisionModel:
             processed.get("pixel_values"),
             processed.get("attention_mask"),
             extra,
-            first,
         )
 
     # ---- generation -------------------------------------------------------------------------
