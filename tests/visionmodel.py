@@ -31,9 +31,21 @@ VLM_CHAT_TEMPLATE = (
 )
 
 
-def make_tiny_vlm(folder: Path, *, seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
+def make_tiny_vlm(
+    folder: Path,
+    *,
+    seed: int = 0,
+    hidden: int = 64,
+    layers: int = 2,
+    vision_depth: int = 1,
+    vision_width: int = 32,
+    max_pixels: int = 112 * 112,
+    wide: bool = True,
+) -> Path:
     """Write a random-weight Qwen2-VL folder that mlx_vlm.load opens. Runs mlx on the calling
-    thread; tests call it from fixtures, never while an engine uses the arrays."""
+    thread; tests call it from fixtures, never while an engine uses the arrays. The benchmark
+    (`scripts/benchmarks/fig_v.py`) builds a larger one; `wide=False` keeps mlx-vlm's own
+    initialisation (see below)."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_vlm.models import qwen2_vl
@@ -54,7 +66,7 @@ def make_tiny_vlm(folder: Path, *, seed: int = 0, hidden: int = 64, layers: int 
     fast.save_pretrained(str(folder))
     ids = {name: tok.token_to_id(name) for name in VISION_SPECIAL}
     vocab = int(tok.get_vocab_size())
-    heads = 4
+    heads = hidden // 16  # heads of 16: the mrope sections below split 8 frequencies
     config = {
         "model_type": "qwen2_vl",
         "architectures": ["Qwen2VLForConditionalGeneration"],
@@ -62,7 +74,7 @@ def make_tiny_vlm(folder: Path, *, seed: int = 0, hidden: int = 64, layers: int 
         "num_hidden_layers": layers,
         "intermediate_size": hidden * 2,
         "num_attention_heads": heads,
-        "num_key_value_heads": 2,
+        "num_key_value_heads": heads // 2,
         "rms_norm_eps": 1e-6,
         "vocab_size": vocab,
         "max_position_embeddings": 2048,
@@ -76,10 +88,10 @@ def make_tiny_vlm(folder: Path, *, seed: int = 0, hidden: int = 64, layers: int 
         "eos_token_id": tok.token_to_id("<|im_end|>"),
         "vision_config": {
             "model_type": "qwen2_vl",
-            "depth": 1,
-            "embed_dim": 32,
+            "depth": vision_depth,
+            "embed_dim": vision_width,
             "hidden_size": hidden,
-            "num_heads": 2,
+            "num_heads": max(vision_width // 16, 2),
             "mlp_ratio": 2,
             "patch_size": 14,
             "spatial_patch_size": 14,
@@ -96,7 +108,9 @@ def make_tiny_vlm(folder: Path, *, seed: int = 0, hidden: int = 64, layers: int 
     # Weights drawn wide (std 1): the default init's small weights make a model that repeats
     # one token whatever the image; these answers change with the image.
     weights = {
-        name: mx.random.normal(value.shape).astype(value.dtype) if value.ndim >= 2 else value
+        name: mx.random.normal(value.shape).astype(value.dtype)
+        if wide and value.ndim >= 2
+        else value
         for name, value in tree_flatten(model.parameters())
     }
     mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
@@ -109,7 +123,7 @@ def make_tiny_vlm(folder: Path, *, seed: int = 0, hidden: int = 64, layers: int 
         "temporal_patch_size": 2,
         "merge_size": 2,
         "min_pixels": 56 * 56,
-        "max_pixels": 112 * 112,
+        "max_pixels": max_pixels,
         "image_mean": [0.48145466, 0.4578275, 0.40821073],
         "image_std": [0.26862954, 0.26130258, 0.27577711],
     }
