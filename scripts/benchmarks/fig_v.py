@@ -90,7 +90,7 @@ def in_process(folder: Path, png: bytes, reps: int) -> tuple[list[float], int]:
 
 
 def measure(bench: Bench, fig: Figure) -> None:
-    reps = 3 if bench.mode.name == "quick" else 5 if bench.mode.name == "default" else 9
+    reps = 2 if bench.mode.name == "quick" else 3 if bench.mode.name == "default" else 5
     folder = vision_model()
     png = picture()
     theirs, prompt_tokens = in_process(folder, png, reps)

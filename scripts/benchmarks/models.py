@@ -39,14 +39,14 @@ LORA = {"rank": 8, "scale": 20.0, "dropout": 0.0}
 # Figure v's vision-language model: a random-weight Qwen2-VL built by the tests' own builder
 # (mlx-vlm's model classes); a 512 x 512 image is 324 of its prompt tokens.
 VLM_SPEC: dict[str, Any] = {
-    "hidden": 512,
-    "layers": 8,
-    "vision_depth": 4,
-    "vision_width": 256,
+    "hidden": 256,
+    "layers": 4,
+    "vision_depth": 2,
+    "vision_width": 128,
     "max_pixels": 512 * 512,
     "wide": False,
 }
-VLM_VERSION = 1
+VLM_VERSION = 2
 
 
 def entry_overhead() -> int:
