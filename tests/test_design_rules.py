@@ -110,6 +110,12 @@ def test_only_the_engine_and_the_converter_import_mlx(module: str) -> None:
     assert not mlx, f"{module} imports {sorted(mlx)}"
 
 
+def test_only_the_vision_module_imports_mlx_vlm() -> None:
+    """mlx-vlm (and the transformers processors it brings) loads only with a vision model."""
+    importers = {m for m, imports in MODULES.items() if any(_under(i, "mlx_vlm") for i in imports)}
+    assert importers == {"mlxrouter.engine.vision"}
+
+
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_walls_between_concerns(module: str) -> None:
     for owner, forbidden in FORBIDDEN.items():

@@ -435,3 +435,34 @@ def test_ollama_package_with_images(served: str, vlm_dir: Path) -> None:
             options={"temperature": 0, "num_predict": 8},
         )
     assert reply.message.content == expected(vlm_dir / "vlm", PICTURE_SEED)
+
+
+def test_responses_input_image_and_ollama_generate_images(served: str, vlm_dir: Path) -> None:
+    """The other two ways in: a Responses `input_image` (the openai SDK) and Ollama's
+    `/api/generate` with `images` (one user turn: the images, then the prompt)."""
+    picture = noise_png(PICTURE_SEED)
+    with openai.OpenAI(base_url=served + "/v1", api_key="x", max_retries=0, timeout=300) as sdk:
+        response = sdk.responses.create(
+            model="vlm",
+            input=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_image", "image_url": data_url(picture), "detail": "auto"},
+                        {"type": "input_text", "text": QUESTION},
+                    ],
+                }
+            ],
+            max_output_tokens=8,
+            temperature=0,
+            store=False,
+        )
+    assert response.output_text == expected(vlm_dir / "vlm", PICTURE_SEED)
+    with ollama.Client(host=served, timeout=300) as client:
+        generated = client.generate(
+            model="vlm",
+            prompt=QUESTION,
+            images=[picture],
+            options={"temperature": 0, "num_predict": 8},
+        )
+    assert generated.response == expected(vlm_dir / "vlm", PICTURE_SEED)
