@@ -466,3 +466,28 @@ def test_responses_input_image_and_ollama_generate_images(served: str, vlm_dir: 
             options={"temperature": 0, "num_predict": 8},
         )
     assert generated.response == expected(vlm_dir / "vlm", PICTURE_SEED)
+
+
+def test_a_vision_model_is_evicted_and_loaded_again_like_any_entry(vlm_dir: Path) -> None:
+    """One entry at a time: the text model's request evicts the VLM, the next image request
+    loads it again and gets the same answer."""
+    config = f"model_dirs: [{vlm_dir}]\nhf_cache: false\npool: {{max_models: 1}}\n"
+    turn = {
+        "role": "user",
+        "content": [
+            {"type": "image_url", "image_url": {"url": data_url(noise_png(PICTURE_SEED))}},
+            {"type": "text", "text": QUESTION},
+        ],
+    }
+    body = {"model": "vlm", "messages": [turn], "max_tokens": 8, "temperature": 0}
+    with running_daemon(config) as (url, _), httpx.Client(base_url=url, timeout=300) as client:
+        first = client.post("/v1/chat/completions", json=body)
+        assert first.status_code == 200, first.text
+        text = {"model": "text", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+        assert client.post("/v1/chat/completions", json=text).status_code == 200
+        assert [e["id"] for e in client.get("/admin/pool").json()["entries"]] == ["text"]
+        again = client.post("/v1/chat/completions", json=body)
+        assert again.status_code == 200, again.text
+    answer = again.json()["choices"][0]["message"]["content"]
+    assert answer == first.json()["choices"][0]["message"]["content"]
+    assert answer == expected(vlm_dir / "vlm", PICTURE_SEED)

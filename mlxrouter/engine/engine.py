@@ -295,7 +295,7 @@ class Engine:
             if loaded.sequences:
                 self._step_safely(loaded)
             if loaded.vision is not None:
-                loaded.vision.start_next(loaded, self._stream)
+                loaded.vision.start_next(loaded)
             if loaded.solos:
                 step_solos(loaded.solos, loaded.spec.key)
         self._embedders.step(self._stream)

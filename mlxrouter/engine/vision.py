@@ -80,14 +80,14 @@ class VisionModel:
         ready.cache = None  # fetched again when its turn comes: an earlier one may add to it
         self.waiting.append((stream, ready, inputs))
 
-    def start_next(self, loaded: Any, mx_stream: Any) -> None:
+    def start_next(self, loaded: Any) -> None:
         """Start the next waiting request when none runs on this model (`solos`)."""
         while self.waiting and not loaded.solos:
             stream, ready, inputs = self.waiting.popleft()
             if stream.cancelled:
                 continue
             try:
-                sequence = self._start(loaded, stream, ready, inputs, mx_stream)
+                sequence = self._start(loaded, stream, ready, inputs)
             except Exception:
                 log.exception("starting a request on %s failed", loaded.spec.key)
                 stream.emit(EngineError("Generation failed on this model"))
@@ -161,7 +161,6 @@ class VisionModel:
         stream: GenerationStream,
         ready: Prepared,
         inputs: VisionInputs,
-        mx_stream: Any,
     ) -> SoloSequence:
         from mlx_vlm.generate.dispatch import _prime_cached_prefix_rope_state
         from mlx_vlm.models.cache import make_prompt_cache
@@ -184,21 +183,21 @@ class VisionModel:
             cache = make_prompt_cache(model.language_model)
         options = ready.request.options
         decoding = ready.decoding
-        with mx.stream(mx_stream):
-            tokens = _tokens(
-                mx.array([ready.rest]),
-                model,
-                None if cached else inputs.pixel_values,
-                mask,
-                max_tokens=decoding.max_tokens,
-                sampler=decoding.sampler,
-                logits_processors=decoding.processors,
-                prompt_cache=cache,
-                kv_bits=options.kv_bits,
-                kv_group_size=options.kv_group_size,
-                quantized_kv_start=options.quantized_kv_start,
-                **kwargs,
-            )
+        # mlx-vlm runs it on its own stream, one per thread (`generation_stream`)
+        tokens = _tokens(
+            mx.array([ready.rest]),
+            model,
+            None if cached else inputs.pixel_values,
+            mask,
+            max_tokens=decoding.max_tokens,
+            sampler=decoding.sampler,
+            logits_processors=decoding.processors,
+            prompt_cache=cache,
+            kv_bits=options.kv_bits,
+            kv_group_size=options.kv_group_size,
+            quantized_kv_start=options.quantized_kv_start,
+            **kwargs,
+        )
         key, kind = ready.key, ready.kind
         return SoloSequence(
             stream,
