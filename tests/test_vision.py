@@ -220,6 +220,22 @@ async def test_stop_strings_and_seeds_work_as_for_text(engine: Engine) -> None:
     assert first == second
 
 
+async def test_a_reload_reuses_the_vision_models_tokenizer(engine: Engine, vlm_dir: Path) -> None:
+    """As for text models (tests/test_memory_leaks.py): the same files give the same mlx_lm
+    tokenizer wrapper back (tokenizers keeps memory from every instance that encodes)."""
+
+    def tokenizer() -> Any:
+        return engine._models["vlm"].tokenizer
+
+    first = await engine.call(tokenizer)
+    for _ in range(2):
+        await engine.unload("vlm")
+        await engine.load(LoadSpec("vlm", vlm_dir / "vlm", vision=True))
+        assert await engine.call(tokenizer) is first
+    text, _, _ = await answer(engine, [image_turn()], [noise_png(1)])
+    assert text == reference(vlm_dir / "vlm", [image_turn()], [noise_png(1)], 8)
+
+
 async def test_text_only_request_to_a_vision_model(engine: Engine, vlm_dir: Path) -> None:
     messages = [{"role": "user", "content": "Hello there"}]
     text, _, finished = await answer(engine, messages, [])

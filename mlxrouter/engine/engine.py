@@ -345,7 +345,7 @@ class Engine:
             from .vision import load_vision
 
             started = time.perf_counter()
-            model, tokenizer, vision, nbytes, config = load_vision(spec)
+            model, tokenizer, vision, nbytes, config = load_vision(spec, self._loads.tokenizers)
             info = self._register(spec, model, tokenizer, nbytes, started, config=config)
             self._models[spec.key].vision = vision
             resolve(loaded, info)

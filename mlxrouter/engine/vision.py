@@ -42,6 +42,7 @@ from .bridge import GenerationStream
 from .loading import free_memory, load_failed, settle_random_state
 from .prompt import chat_text
 from .solo import SoloSequence
+from .tokenizer_shelf import TokenizerShelf, tokenizer_key
 from .types import GenerationRequest, LoadSpec, Started
 
 log = logging.getLogger(__name__)
@@ -267,25 +268,33 @@ def _draw(digest: str, index: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{digest}:{index}".encode()).digest()[:4]) >> 1
 
 
-def load_vision(spec: LoadSpec) -> tuple[Any, Any, VisionModel, int, Any]:
+def load_vision(spec: LoadSpec, shelf: TokenizerShelf) -> tuple[Any, Any, VisionModel, int, Any]:
     """Load a vision-language model with mlx-vlm (weights read at once), its tokenizer as
-    mlx_lm wraps it (for the answer's detokenizing, stop strings, tools and reasoning), and
-    its processor. Returns the model, the tokenizer, the vision state, the weights' bytes
-    (the vision tower's included) and the language model's config. Raises `ModelLoadError`."""
+    mlx_lm wraps it (for the answer's detokenizing, stop strings, tools and reasoning; off the
+    `shelf` when the same files were loaded before), and its processor. Returns the model, the
+    tokenizer, the vision state, the weights' bytes (the vision tower's included) and the
+    language model's config. Raises `ModelLoadError`."""
     started = time.perf_counter()
+    tokenizer = None
     try:
         from mlx_vlm.utils import load
 
         model, processor = load(str(spec.model_path), trust_remote_code=spec.trust_remote_code)
         settle_random_state()
         eos = load_config(spec.model_path).get("eos_token_id")
-        tokenizer = load_tokenizer(
-            spec.model_path, {"trust_remote_code": spec.trust_remote_code}, eos_token_ids=eos
+        key = tokenizer_key(
+            spec.model_path, trust_remote_code=spec.trust_remote_code, eos_token_ids=eos
         )
+        tokenizer = shelf.take(key)
+        if tokenizer is None:
+            extra = {"trust_remote_code": spec.trust_remote_code}
+            tokenizer = shelf.put(key, load_tokenizer(spec.model_path, extra, eos_token_ids=eos))
         template = getattr(processor, "chat_template", None)
         if not tokenizer.has_chat_template and template:
             tokenizer._tokenizer.chat_template = template  # kept beside the processor's files
     except Exception as exc:  # noqa: BLE001 - any load failure is this model's, not ours
+        if tokenizer is not None:
+            shelf.release(tokenizer)
         free_memory()
         raise load_failed(spec, exc) from None
     flat: list[tuple[str, Any]] = tree_flatten(model.parameters())  # type: ignore[assignment]
