@@ -68,10 +68,17 @@ def vlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def reference(folder: Path, messages: list[dict[str, Any]], images: list[bytes], n: int) -> str:
-    """mlx-vlm's own greedy answer, in this process (this thread's MLX stream): the prompt
-    through the model's chat template, then `mlx_vlm.generate`. Its tokens are rendered by
-    mlx_lm's streaming detokenizer, as the daemon renders every model's tokens (mlx-vlm's own
-    text drops the bytes of a cut character, which a stream shows)."""
+    return reference_run(folder, messages, images, n)[0]
+
+
+def reference_run(
+    folder: Path, messages: list[dict[str, Any]], images: list[bytes], n: int
+) -> tuple[str, int]:
+    """mlx-vlm's own greedy answer and its count of prompt tokens, in this process (this
+    thread's MLX stream): the prompt through the model's chat template, then
+    `mlx_vlm.generate`. Its tokens are rendered by mlx_lm's streaming detokenizer, as the
+    daemon renders every model's tokens (mlx-vlm's own text drops the bytes of a cut
+    character, which a stream shows)."""
     from mlx_lm.utils import load_tokenizer
     from mlx_vlm import generate, load
     from mlx_vlm.utils import load_image
@@ -88,7 +95,7 @@ def reference(folder: Path, messages: list[dict[str, Any]], images: list[bytes],
         if token not in tokenizer.eos_token_ids:
             detokenizer.add_token(token)
     detokenizer.finalize()
-    return str(detokenizer.text)
+    return str(detokenizer.text), int(result.prompt_tokens)
 
 
 async def answer(
@@ -356,8 +363,12 @@ PICTURE_SEED = 11
 
 
 @functools.cache
-def expected(folder: Path, seed: int, n: int = 8) -> str:
-    return reference(folder, [image_turn()], [noise_png(seed)], n)
+def expected_run(folder: Path, seed: int, n: int = 8) -> tuple[str, int]:
+    return reference_run(folder, [image_turn()], [noise_png(seed)], n)
+
+
+def expected(folder: Path, seed: int) -> str:
+    return expected_run(folder, seed)[0]
 
 
 def test_openai_sdk_with_a_data_url(served: str, vlm_dir: Path) -> None:
@@ -379,7 +390,9 @@ def test_openai_sdk_with_a_data_url(served: str, vlm_dir: Path) -> None:
             temperature=0,  # type: ignore[list-item]
         )
         assert plain.choices[0].message.content == expected(vlm_dir / "vlm", PICTURE_SEED)
-        assert plain.usage is not None and plain.usage.prompt_tokens > 4 + 20  # 4 image tokens
+        # the image's tokens counted, as mlx-vlm counts them
+        assert plain.usage is not None
+        assert plain.usage.prompt_tokens == expected_run(vlm_dir / "vlm", PICTURE_SEED)[1]
         chunks = sdk.chat.completions.create(
             model="vlm",
             messages=[turn],  # type: ignore[list-item]
