@@ -117,8 +117,14 @@ def check_serves(target: Target, wanted: str) -> None:
 
 def check_loadable(target: Target) -> None:
     """A vision model needs mlx-vlm: without it the request fails before any load, saying
-    which extra to install (its card shows `available: false`)."""
+    which extra to install (its card shows `available: false`); and it takes no adapter."""
     vision = target.model.remote is None and target.model.found.model_type == "vision"
+    if vision and target.adapter is not None:
+        raise InvalidRequestError(
+            f"`{target.model.id}` is a vision model: LoRA adapters on vision models are not "
+            "supported",
+            param="adapters" if target.requested == target.model.id else "model",
+        )
     if vision and not vision_installed():
         raise ModelLoadError(
             f"`{target.requested}` is a vision model: install the `{VISION_EXTRA}` extra "

@@ -520,3 +520,24 @@ def test_a_vision_model_is_evicted_and_loaded_again_like_any_entry(vlm_dir: Path
     answer = again.json()["choices"][0]["message"]["content"]
     assert answer == first.json()["choices"][0]["message"]["content"]
     assert answer == expected(vlm_dir / "vlm", PICTURE_SEED)
+
+
+def test_an_adapter_on_a_vision_model_is_refused(vlm_dir: Path, tmp_path: Path) -> None:
+    """mlx-vlm's models are not mlx_lm's: an adapter naming the VLM as its base answers 400
+    before anything loads."""
+    from safetensors.numpy import save_file
+
+    adapter = tmp_path / "vlm-lora"
+    adapter.mkdir()
+    save_file({"x": np.zeros(2, dtype=np.float32)}, str(adapter / "adapters.safetensors"))
+    (adapter / "adapter_config.json").write_text(json.dumps({"model": "vlm"}))
+    config = (
+        f"model_dirs: [{vlm_dir}]\nhf_cache: false\n"
+        f"models:\n  vlm-lora: {{path: {adapter}, base: vlm}}\n"
+    )
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    with running_daemon(config) as (url, _), httpx.Client(base_url=url, timeout=60) as client:
+        reply = client.post("/v1/chat/completions", json={**body, "model": "vlm-lora"})
+        assert reply.status_code == 400, reply.text
+        assert "adapters on vision models" in reply.json()["error"]["message"]
+        assert client.get("/admin/pool").json()["entries"] == []
