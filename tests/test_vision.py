@@ -318,6 +318,11 @@ def test_models_list_the_vlm_as_vision_and_the_pool_holds_it_beside_a_text_model
             body = {"model": model, "messages": [{"role": "user", "content": "Hi"}]}
             reply = client.post("/v1/chat/completions", json={**body, "max_tokens": 3})
             assert reply.status_code == 200, reply.text
+        # no draft model for a vision model
+        body = {"model": "vlm", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+        reply = client.post("/v1/chat/completions", json={**body, "draft_model": "text"})
+        assert reply.status_code == 400, reply.text
+        assert reply.json()["error"]["param"] == "draft_model"
         # a text completion to the vision model, too
         body = {"model": "vlm", "prompt": "Hello", "max_tokens": 3}
         reply = client.post("/v1/completions", json=body)
