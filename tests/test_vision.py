@@ -227,6 +227,26 @@ async def test_stop_strings_and_seeds_work_as_for_text(engine: Engine) -> None:
     assert first == second
 
 
+async def test_logprobs_come_with_each_token(engine: Engine) -> None:
+    """mlx-vlm's logprobs (the whole vocabulary's) feed the same logprobs as a text model's:
+    the chosen token's, and the two most likely, the chosen one first under greedy decoding."""
+    stream = await engine.generate(
+        "vlm",
+        GenerationRequest(
+            messages=[image_turn()],
+            images=(image_input(noise_png(1)),),
+            max_tokens=4,
+            sampling=GREEDY,
+            logprobs=2,
+        ),
+    )
+    chosen = [lp async for event in stream if isinstance(event, Chunk) for lp in event.logprobs]
+    assert len(chosen) == 4
+    for logprob in chosen:
+        assert len(logprob.top) == 2 and logprob.logprob <= 0
+        assert logprob.top[0] == (logprob.token, logprob.logprob)
+
+
 async def test_a_reload_reuses_the_vision_models_tokenizer(engine: Engine, vlm_dir: Path) -> None:
     """As for text models (tests/test_memory_leaks.py): the same files give the same mlx_lm
     tokenizer wrapper back (tokenizers keeps memory from every instance that encodes)."""
