@@ -369,17 +369,24 @@ def _weight_bytes(path: Path, prefix: str) -> tuple[int, int]:
 
 
 def test_without_mlx_vlm_a_vision_model_is_listed_unavailable(
-    served: str, monkeypatch: pytest.MonkeyPatch
+    vlm_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """mlx-vlm's absence, as the registry and the cards see it (a daemon of its own: nothing
+    loaded, no listing cached from before)."""
     monkeypatch.setattr(status, "vision_installed", lambda: False)
     monkeypatch.setattr(targets, "vision_installed", lambda: False)
-    with httpx.Client(base_url=served, timeout=60) as client:
+    config = f"model_dirs: [{vlm_dir}]\nhf_cache: false\n"
+    with running_daemon(config) as (url, _), httpx.Client(base_url=url, timeout=60) as client:
         cards = {card["id"]: card for card in client.get("/v1/models").json()["data"]}
         assert cards["vlm"]["available"] is False and cards["text"]["available"] is True
         body = {"model": "vlm", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
         reply = client.post("/v1/chat/completions", json=body)
-        assert reply.status_code >= 400
+        # the daemon's installation, not the request, is at fault: a load failure, before any
+        # load is tried
+        assert reply.status_code == 500
+        assert reply.json()["error"]["code"] == "model_load_failed"
         assert "mlxrouter[vision]" in reply.json()["error"]["message"]
+        assert client.get("/admin/pool").json()["entries"] == []
 
 
 # ---- the client SDKs, on a served daemon --------------------------------------------------------
