@@ -77,8 +77,10 @@ def prepare(
     max_tokens = token_budget(request, len(prompt), context)
     check_token_ids(request, loaded.info.vocab_size)
     solo, draft, kind = solo_plan(request, loaded, models)
-    # A drafted sequence starts afresh (mlx_lm rewinds its caches).
-    cache, rest = (None, key) if draft else loaded.prefix.fetch(key, kind)
+    # A drafted sequence starts afresh (mlx_lm rewinds its caches); a vision model's request
+    # fetches its cache when its turn comes (`vision`), as an earlier one may add to it.
+    fresh = draft or loaded.spec.vision
+    cache, rest = (None, key) if fresh else loaded.prefix.fetch(key, kind)
     rest = prompt[len(prompt) - len(rest) :]  # the tokens themselves, not their keys
     sampler = sampler_for(request.sampling, tokenizer)
     processors = logits_processors(

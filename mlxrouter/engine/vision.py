@@ -78,8 +78,7 @@ class VisionModel:
         """Prepare `request` (its errors are raised now, before any response) and queue it."""
         inputs = self.inputs(loaded.model, loaded.tokenizer, request)
         ready = prepare(loaded, request, models, prompt=inputs.prompt, key=inputs.key)
-        ready.cache = None  # fetched again when its turn comes: an earlier one may add to it
-        self.waiting.append((stream, ready, inputs))
+        self.waiting.append((stream, ready, inputs))  # its cache is fetched when it starts
 
     def start_next(self, loaded: Any) -> None:
         """Start the next waiting request when none runs on this model (`solos`)."""
