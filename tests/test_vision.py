@@ -407,7 +407,7 @@ def test_openai_sdk_with_a_data_url(served: str, vlm_dir: Path) -> None:
     """Plain and streamed answers are mlx-vlm's; usage counts the image tokens; a second turn
     about the same picture reports cached prompt tokens."""
     picture = noise_png(PICTURE_SEED)
-    turn = {
+    turn: Any = {
         "role": "user",
         "content": [
             {"type": "image_url", "image_url": {"url": data_url(picture)}},
@@ -419,7 +419,7 @@ def test_openai_sdk_with_a_data_url(served: str, vlm_dir: Path) -> None:
             model="vlm",
             messages=[turn],
             max_tokens=8,
-            temperature=0,  # type: ignore[list-item]
+            temperature=0,
         )
         assert plain.choices[0].message.content == expected(vlm_dir / "vlm", PICTURE_SEED)
         # the image's tokens counted, as mlx-vlm counts them
@@ -427,14 +427,14 @@ def test_openai_sdk_with_a_data_url(served: str, vlm_dir: Path) -> None:
         assert plain.usage.prompt_tokens == expected_run(vlm_dir / "vlm", PICTURE_SEED)[1]
         chunks = sdk.chat.completions.create(
             model="vlm",
-            messages=[turn],  # type: ignore[list-item]
+            messages=[turn],
             max_tokens=8,
             temperature=0,
             stream=True,
         )
         streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert streamed == plain.choices[0].message.content
-        follow_up = [
+        follow_up: Any = [
             turn,
             {"role": "assistant", "content": plain.choices[0].message.content},
             {"role": "user", "content": "And the colours?"},
@@ -443,7 +443,7 @@ def test_openai_sdk_with_a_data_url(served: str, vlm_dir: Path) -> None:
             model="vlm",
             messages=follow_up,
             max_tokens=4,
-            temperature=0,  # type: ignore[arg-type]
+            temperature=0,
         )
         details = again.usage.prompt_tokens_details if again.usage else None
         assert details is not None and (details.cached_tokens or 0) >= plain.usage.prompt_tokens
@@ -451,7 +451,7 @@ def test_openai_sdk_with_a_data_url(served: str, vlm_dir: Path) -> None:
 
 def test_anthropic_sdk_with_a_base64_block(served: str, vlm_dir: Path) -> None:
     picture = noise_png(PICTURE_SEED)
-    source = {"type": "base64", "media_type": "image/png", "data": b64(picture)}
+    source: Any = {"type": "base64", "media_type": "image/png", "data": b64(picture)}
     with anthropic.Anthropic(base_url=served, api_key="x", max_retries=0, timeout=300) as sdk:
         message = sdk.messages.create(
             model="vlm",
@@ -461,7 +461,7 @@ def test_anthropic_sdk_with_a_base64_block(served: str, vlm_dir: Path) -> None:
                 {
                     "role": "user",
                     "content": [
-                        {"type": "image", "source": source},  # type: ignore[typeddict-item]
+                        {"type": "image", "source": source},
                         {"type": "text", "text": QUESTION},
                     ],
                 }
@@ -477,7 +477,7 @@ def test_anthropic_sdk_with_a_base64_block(served: str, vlm_dir: Path) -> None:
                 {
                     "role": "user",
                     "content": [
-                        {"type": "image", "source": source},  # type: ignore[typeddict-item]
+                        {"type": "image", "source": source},
                         {"type": "text", "text": QUESTION},
                     ],
                 }
