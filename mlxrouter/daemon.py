@@ -43,7 +43,15 @@ from .status import (
     seconds_or_none,
     shown_settings,
 )
-from .targets import ModelLease, Target, draft_lease, draft_target, model_options, resolve
+from .targets import (
+    ModelLease,
+    Target,
+    check_loadable,
+    draft_lease,
+    draft_target,
+    model_options,
+    resolve,
+)
 from .upstreams import RemoteLease, Upstreams
 
 if TYPE_CHECKING:
@@ -335,6 +343,7 @@ class Daemon:
             async with self.upstreams.hold(remote):
                 yield RemoteLease.of(target.model, remote)
             return
+        check_loadable(target)
         folder = self.config_path.parent if self.config_path else None
         settings = self.settings(target)
         options = model_options(target, settings, folder, request)  # the engine's part
@@ -389,6 +398,7 @@ class Daemon:
                 "which loads its models itself",
                 param="model",
             )
+        check_loadable(target)
         await self.pool.preload(target.lease_request())
         return target
 

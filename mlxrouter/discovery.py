@@ -75,8 +75,9 @@ class FoundModel:
     quantization_bits: int | None = None
     #: config.json's `model_type` ("llama", "qwen3", ...); None when absent (adapters)
     architecture: str | None = None
-    #: "embedding" for a sentence-transformers layout or an encoder architecture, else "chat"
-    #: (a `models:` entry's `type:` overrides it in the registry)
+    #: "embedding" for a sentence-transformers layout or an encoder architecture, "vision" for
+    #: a `vision_config` or a type mlx-vlm serves as vision, else "chat" (a `models:` entry's
+    #: `type:` overrides it in the registry)
     model_type: ModelType = "chat"
     #: embedding models: the vector's length and the most tokens one input may have
     dimensions: int | None = None
@@ -137,12 +138,19 @@ def folder_kind(path: Path) -> Kind | None:
 
 
 def describe_folder(
-    model_id: str, path: Path, *, created: int | None = None, model_type: ModelType | None = None
+    model_id: str,
+    path: Path,
+    *,
+    created: int | None = None,
+    model_type: ModelType | None = None,
+    vision_types: frozenset[str] = frozenset(),
 ) -> FoundModel | None:
     """Describe the folder at `path` as `model_id`, or None when it is not servable.
 
     `created` defaults to the folder's mtime; the HF cache passes the revision's time.
     `model_type` (a `models:` entry's `type:`) replaces the guess from the folder's files.
+    `vision_types`: the config `model_type`s mlx-vlm serves as vision models (`vision_types`
+    module); a config with a `vision_config` is a vision model whatever its type.
     """
     real = _resolve(path)
     if real is None:
@@ -159,7 +167,7 @@ def describe_folder(
     org, sep, _ = model_id.partition("/")
     is_model = inspection.kind == "model"
     if model_type is None:
-        model_type = "embedding" if is_model and _is_embedder(real, config) else "chat"
+        model_type = _guess_type(real, config, vision_types) if is_model else "chat"
     embedding = _embedding_fields(real, config) if model_type == "embedding" else (None, None)
     return FoundModel(
         id=model_id,
@@ -179,6 +187,15 @@ def describe_folder(
         dimensions=embedding[0],
         max_input_tokens=embedding[1],
     )
+
+
+def _guess_type(folder: Path, config: dict[str, Any], vision_types: frozenset[str]) -> ModelType:
+    if _is_embedder(folder, config):
+        return "embedding"
+    architecture = _architecture(config)
+    if "vision_config" in config or (architecture or "").lower() in vision_types:
+        return "vision"
+    return "chat"
 
 
 def _is_embedder(folder: Path, config: dict[str, Any]) -> bool:
@@ -241,6 +258,8 @@ def _capabilities(folder: Path, model_type: ModelType) -> tuple[str, ...]:
         found.append("tools")
     if any(sign in template for sign in THINKING_SIGNS):
         found.append("thinking")
+    if model_type == "vision":
+        found.append("vision")
     return tuple(found)
 
 
@@ -271,7 +290,7 @@ def _subfolders(folder: Path, root_real: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def scan_model_dir(root: Path) -> list[FoundModel]:
+def scan_model_dir(root: Path, vision_types: frozenset[str] = frozenset()) -> list[FoundModel]:
     """Servable folders under `root`, sorted by id.
 
     A direct subfolder that is a model or adapter is served under its name; one that is
@@ -283,19 +302,21 @@ def scan_model_dir(root: Path) -> list[FoundModel]:
         return []
     found: list[FoundModel] = []
     for name, real in _subfolders(root_real, root_real):
-        described = describe_folder(name, real)
+        described = describe_folder(name, real, vision_types=vision_types)
         if described is not None:
             found.append(described)
             continue
         for child_name, child_real in _subfolders(real, root_real):
-            described = describe_folder(f"{name}/{child_name}", child_real)
+            described = describe_folder(
+                f"{name}/{child_name}", child_real, vision_types=vision_types
+            )
             if described is not None:
                 found.append(described)
     found.sort(key=lambda m: m.id)
     return found
 
 
-def scan_hf_cache(cache_dir: Path) -> list[FoundModel]:
+def scan_hf_cache(cache_dir: Path, vision_types: frozenset[str] = frozenset()) -> list[FoundModel]:
     """Servable model repos in a Hugging Face hub cache, sorted by id.
 
     Each model repo serves its `main` snapshot if it has one, else its most recently
@@ -320,7 +341,10 @@ def scan_hf_cache(cache_dir: Path) -> list[FoundModel]:
             repo.revisions, key=lambda r: (r.last_modified, r.commit_hash)
         )
         described = describe_folder(
-            repo.repo_id, revision.snapshot_path, created=int(revision.last_modified)
+            repo.repo_id,
+            revision.snapshot_path,
+            created=int(revision.last_modified),
+            vision_types=vision_types,
         )
         if described is not None:
             found.append(described)

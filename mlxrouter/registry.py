@@ -18,6 +18,7 @@ from types import MappingProxyType
 from .config import Config, DistributedConfig, ModelEntryConfig
 from .discovery import FoundModel, describe_folder, scan_hf_cache, scan_model_dir
 from .errors import ModelNotFoundError
+from .vision_types import vision_model_types
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,11 @@ def _typed(entry: RegistryEntry, spec: ModelEntryConfig) -> RegistryEntry:
     if spec.type is None or spec.type == entry.found.model_type or entry.kind != "model":
         return entry
     typed = describe_folder(
-        entry.found.id, entry.path, created=entry.found.created, model_type=spec.type
+        entry.found.id,
+        entry.path,
+        created=entry.found.created,
+        model_type=spec.type,
+        vision_types=vision_model_types(),
     )
     return entry if typed is None else replace(entry, found=typed)
 
@@ -120,12 +125,13 @@ def _typed(entry: RegistryEntry, spec: ModelEntryConfig) -> RegistryEntry:
 def _scan_sources(config: Config, problems: list[str]) -> dict[str, RegistryEntry]:
     """Lowest precedence first, so later sources replace earlier ones with the same id."""
     found: dict[str, RegistryEntry] = {}
+    vision = vision_model_types()  # asked of mlx-vlm's registry once per process
     cache_dir = config.hf_cache_dir()
     if cache_dir is not None:
-        for model in scan_hf_cache(cache_dir):
+        for model in scan_hf_cache(cache_dir, vision):
             found[model.id] = RegistryEntry(model.id, model, "hf_cache")
     for folder in config.model_dir_paths():
-        for model in scan_model_dir(folder):
+        for model in scan_model_dir(folder, vision):
             found[model.id] = RegistryEntry(model.id, model, "model_dir")
     for model_id, entry in config.models.items():
         if entry.path is None and entry.model is None:  # options for a model found elsewhere
@@ -136,7 +142,7 @@ def _scan_sources(config: Config, problems: list[str]) -> dict[str, RegistryEntr
             continue
         if entry.path is None:
             continue
-        described = describe_folder(model_id, Path(entry.path).expanduser())
+        described = describe_folder(model_id, Path(entry.path).expanduser(), vision_types=vision)
         if described is None:
             problems.append(f"models.{model_id}: the folder is not a complete model or adapter")
             continue

@@ -15,6 +15,7 @@ import msgspec
 
 from .config import ModelSettings, inline_template
 from .registry import Registry, RegistryEntry
+from .vision_types import vision_installed
 
 
 class ErrorBody(msgspec.Struct, kw_only=True):
@@ -52,7 +53,8 @@ class ModelCard(msgspec.Struct, kw_only=True):
     size_bytes: int
     #: remote ids: the upstream serving it (its config `name`)
     upstream: str | None = None
-    #: false while its upstream is down
+    #: false while its upstream is down, or for a vision model without the `mlxrouter[vision]`
+    #: extra (mlx-vlm) installed
     available: bool = True
     #: config.json's `model_type` (Ollama's `general.architecture`); None when unknown
     architecture: str | None = None
@@ -180,7 +182,9 @@ def model_card(
         quantization_bits=model.quantization_bits,
         size_bytes=found.size_bytes,
         upstream=remote.upstream if remote else None,
-        available=remote.available if remote else True,
+        available=remote.available
+        if remote
+        else model.model_type != "vision" or vision_installed(),
         architecture=model.architecture,
         type=model.model_type,
         dimensions=model.dimensions,

@@ -13,9 +13,10 @@ from pathlib import Path
 from .config import Config, ModelSettings, inline_template
 from .engine import GenerationRequest, LoadSpec, ModelOptions
 from .engine.types import DEFAULT_DRAFT_TOKENS, DEFAULT_QUANTIZED_KV_START
-from .errors import ConfigError, InvalidRequestError, ModelNotFoundError
+from .errors import ConfigError, InvalidRequestError, ModelLoadError, ModelNotFoundError
 from .pool import Lease, LeaseRequest, Pool
 from .registry import Registry, RegistryEntry
+from .vision_types import VISION_EXTRA, vision_installed
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,7 @@ class Target:
                 model_path=model.path,
                 trust_remote_code=model.options.trust_remote_code,
                 embedding=model.found.model_type == "embedding",
+                vision=model.found.model_type == "vision",
                 fingerprint=model.found.fingerprint,
             ),
             estimated_bytes=local_share(model),
@@ -111,6 +113,23 @@ def check_serves(target: Target, wanted: str) -> None:
         return
     what, serves = _TYPES[kind]
     raise InvalidRequestError(f"`{target.requested}` is {what}: it serves {serves}", param="model")
+
+
+def check_loadable(target: Target) -> None:
+    """A vision model needs mlx-vlm: without it the request fails before any load, saying
+    which extra to install (its card shows `available: false`); and it takes no adapter."""
+    vision = target.model.remote is None and target.model.found.model_type == "vision"
+    if vision and target.adapter is not None:
+        raise InvalidRequestError(
+            f"`{target.model.id}` is a vision model: LoRA adapters on vision models are not "
+            "supported",
+            param="adapters" if target.requested == target.model.id else "model",
+        )
+    if vision and not vision_installed():
+        raise ModelLoadError(
+            f"`{target.requested}` is a vision model: install the `{VISION_EXTRA}` extra "
+            "(mlx-vlm) to serve it"
+        )
 
 
 def model_options(

@@ -27,6 +27,7 @@ MLX_MODULES = {
     "mlxrouter.engine.solo",
     "mlxrouter.engine.embedding",
     "mlxrouter.engine.bert",
+    "mlxrouter.engine.vision",
 }
 MLX_PACKAGES = ("mlxrouter.gguf",)
 
@@ -100,10 +101,20 @@ def test_rules_name_real_modules() -> None:
 
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_only_the_engine_and_the_converter_import_mlx(module: str) -> None:
-    mlx = {i for i in MODULES[module] if _under(i, "mlx") or _under(i, "mlx_lm") or i == "mlx_vlm"}
+    mlx = {
+        i
+        for i in MODULES[module]
+        if _under(i, "mlx") or _under(i, "mlx_lm") or _under(i, "mlx_vlm")
+    }
     if module in MLX_MODULES or any(_under(module, p) for p in MLX_PACKAGES):
         return
     assert not mlx, f"{module} imports {sorted(mlx)}"
+
+
+def test_only_the_vision_module_imports_mlx_vlm() -> None:
+    """mlx-vlm (and the transformers processors it brings) loads only with a vision model."""
+    importers = {m for m, imports in MODULES.items() if any(_under(i, "mlx_vlm") for i in imports)}
+    assert importers == {"mlxrouter.engine.vision"}
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
@@ -126,7 +137,7 @@ def test_importing_the_server_side_does_not_load_mlx() -> None:
         "import sys\n"
         "import mlxrouter.pool, mlxrouter.daemon, mlxrouter.api, mlxrouter.cli\n"
         "import mlxrouter.engine, mlxrouter.engine.types, mlxrouter.engine.bridge\n"
-        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm'))\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm', 'mlx_vlm'))\n"
         "print(','.join(loaded))\n"
     )
     result = subprocess.run(

@@ -32,6 +32,9 @@ Modules, one concern each (only those marked MLX import `mlx` / `mlx_lm`):
   padded batch per engine turn, pooling and normalisation; `bert` (MLX): the BERT encoder.
 - `constrain` (MLX, llguidance): grammars for JSON schemas and forced tool calls, and the
   logits processor that masks every token leaving the grammar (from `</think>` on).
+- `vision` (MLX, mlx-vlm): vision-language models: loading with mlx-vlm, a request's images
+  and prompt through its processor, its `generate_step` as a solo sequence, one request at a
+  time per model; the prompt cache's key with images drawn from their content digest.
 
 Importing this package, `types` or `bridge` loads no MLX; `Engine` is imported on first use.
 """

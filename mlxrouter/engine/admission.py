@@ -33,6 +33,9 @@ class Prepared:
 
     request: GenerationRequest
     prompt: list[int]
+    #: the prompt as the prompt cache keys it: `prompt`, but for a vision model's images
+    #: (their placeholder tokens stand for their content's digest: `engine.vision`)
+    key: list[int]
     thinking: Any  # the prompt's thinking markers, if it left the model thinking
     solo: bool
     draft: tuple[str, Any] | None
@@ -55,24 +58,37 @@ class Prepared:
         )
 
 
-def prepare(loaded: Any, request: GenerationRequest, models: Mapping[str, Any]) -> Prepared:
+def prepare(
+    loaded: Any,
+    request: GenerationRequest,
+    models: Mapping[str, Any],
+    *,
+    prompt: list[int] | None = None,
+    key: list[int] | None = None,
+) -> Prepared:
     """`request` prepared for the `loaded` model (the engine's loaded models by key, for a
-    draft); raises the request's errors."""
+    draft); raises the request's errors. A vision model's request comes with its `prompt`
+    (the processor's tokens, image placeholders expanded) and the prompt cache's `key`."""
     tokenizer, options = loaded.tokenizer, request.options
-    prompt = encode_prompt(tokenizer, request)
+    prompt = encode_prompt(tokenizer, request) if prompt is None else prompt
+    key = prompt if key is None else key
     thinking = thinking_markers(tokenizer, request, prompt)
     context = effective_context(loaded.info.context_length, options.context_length)
     max_tokens = token_budget(request, len(prompt), context)
     check_token_ids(request, loaded.info.vocab_size)
     solo, draft, kind = solo_plan(request, loaded, models)
-    # A drafted sequence starts afresh (mlx_lm rewinds its caches).
-    cache, rest = (None, prompt) if draft else loaded.prefix.fetch(prompt, kind)
+    # A drafted sequence starts afresh (mlx_lm rewinds its caches); a vision model's request
+    # fetches its cache when its turn comes (`vision`), as an earlier one may add to it.
+    fresh = draft or loaded.spec.vision
+    cache, rest = (None, key) if fresh else loaded.prefix.fetch(key, kind)
+    rest = prompt[len(prompt) - len(rest) :]  # the tokens themselves, not their keys
     sampler = sampler_for(request.sampling, tokenizer)
     processors = logits_processors(
         request,
         tokenizer,
-        # mlx_lm's solo generators show processors the tokens run, not the cached prefix
-        prompt_tokens=len(rest) if solo else len(prompt),
+        # mlx_lm's solo generators show processors the tokens run, not the cached prefix;
+        # mlx-vlm's prefills all but the last in chunks it does not show them
+        prompt_tokens=1 if loaded.spec.vision else len(rest) if solo else len(prompt),
         vocab_size=loaded.info.vocab_size,
         grammar_tokenizer=loaded.grammar_tokenizer,
         thinking=thinking,
@@ -83,6 +99,7 @@ def prepare(loaded: Any, request: GenerationRequest, models: Mapping[str, Any]) 
     return Prepared(
         request,
         prompt,
+        key,
         thinking,
         solo,
         draft,

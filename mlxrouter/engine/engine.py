@@ -87,10 +87,12 @@ class _LoadedModel:
     prefills: Prefills = field(default_factory=Prefills)
     #: requests the batch cannot take (a draft model, a quantized KV cache): `solo`
     solos: list[SoloSequence] = field(default_factory=list)
+    #: a vision-language model's processor and waiting requests (`vision`); None for text
+    vision: Any = None
 
     @property
     def busy(self) -> bool:
-        return bool(self.sequences or self.solos)
+        return bool(self.sequences or self.solos or (self.vision and self.vision.waiting))
 
     def grammar_tokenizer(self) -> Any:
         """llguidance's tokenizer for this model, for the JSON and tool-call grammars."""
@@ -181,6 +183,8 @@ class Engine:
             loaded = self._models.get(key)
             if loaded is None:
                 raise EngineError(f"The model `{key}` is not loaded")
+            if loaded.vision is not None:  # its images' tokens included
+                return len(loaded.vision.inputs(loaded.model, loaded.tokenizer, request).prompt)
             return len(encode_prompt(loaded.tokenizer, request))
 
         return await self.call(count)
@@ -269,6 +273,8 @@ class Engine:
                 for stream, _ in loaded.prefills.clear():
                     stream.emit(EngineError("The generation engine failed"))
                 end_solos(loaded.solos, EngineError("The generation engine failed"))
+                if loaded.vision is not None:
+                    loaded.vision.fail_all(EngineError("The generation engine failed"))
             self._embedders.fail_all(EngineError("The generation engine failed"))
         finally:
             self._outbox.flush()
@@ -288,6 +294,8 @@ class Engine:
         for loaded in list(self._models.values()):
             if loaded.sequences:
                 self._step_safely(loaded)
+            if loaded.vision is not None:
+                loaded.vision.start_next(loaded)
             if loaded.solos:
                 step_solos(loaded.solos, loaded.spec.key)
         self._embedders.step(self._stream)
@@ -333,6 +341,15 @@ class Engine:
         if spec.embedding:
             resolve(loaded, self._embedders.load(spec))
             return
+        if spec.vision:  # read at once, as mlx-vlm loads it (see `vision`)
+            from .vision import load_vision
+
+            started = time.perf_counter()
+            model, tokenizer, vision, nbytes, config = load_vision(spec, self._loads.tokenizers)
+            info = self._register(spec, model, tokenizer, nbytes, started, config=config)
+            self._models[spec.key].vision = vision
+            resolve(loaded, info)
+            return
         if self._loads.join(spec, loaded):
             return
         base = self._models.get(spec.base_key) if spec.base_key else None
@@ -358,9 +375,16 @@ class Engine:
                 resolve(future, info)
 
     def _register(
-        self, spec: LoadSpec, model: Any, tokenizer: Any, nbytes: int, started: float
+        self,
+        spec: LoadSpec,
+        model: Any,
+        tokenizer: Any,
+        nbytes: int,
+        started: float,
+        *,
+        config: Any = None,
     ) -> ModelInfo:
-        config = getattr(model, "args", None)
+        config = config if config is not None else getattr(model, "args", None)
         info = ModelInfo(
             nbytes=nbytes,
             context_length=context_length(config),
@@ -373,7 +397,8 @@ class Engine:
             self.prompt_cache_bytes,
             counts=self.cache_counts,
             disk=self.disk_cache,
-            fingerprint=spec.fingerprint,
+            # mlx-vlm's caches are not mlx_lm's to write and read back: memory only
+            fingerprint="" if spec.vision else spec.fingerprint,
         )
         self._models[spec.key] = _LoadedModel(spec, model, tokenizer, info, prefix)
         return info
@@ -392,6 +417,8 @@ class Engine:
         for stream, _ in loaded.prefills.clear():
             stream.emit(gone)
         end_solos(loaded.solos, gone)
+        if loaded.vision is not None:
+            loaded.vision.fail_all(gone)
         for other in self._models.values():  # sequences it was drafting for
             end_solos(other.solos, gone, drafted_by=key)
         if loaded.batch is not None:
@@ -409,9 +436,12 @@ class Engine:
         loaded = self._models.get(key)
         if loaded is None:
             raise EngineError(f"The model `{key}` is not loaded")
+        if loaded.vision is not None:  # one at a time, in turn (see `vision`)
+            loaded.vision.submit(loaded, request, stream, self._models)
+            return
         ready = prepare(loaded, request, self._models)
         if ready.solo:
-            prompt, kind = ready.prompt, ready.kind
+            tokens_key, kind = ready.key, ready.kind
             sequence = start_solo(
                 loaded.model,
                 ready.rest,
@@ -419,7 +449,7 @@ class Engine:
                 options=request.options,
                 mx_stream=self._stream,
                 cache=ready.cache,
-                keep=lambda tokens, kv: loaded.prefix.keep(prompt + tokens, kv, kind),
+                keep=lambda tokens, kv: loaded.prefix.keep(tokens_key + tokens, kv, kind),
                 draft=ready.draft,
             )
             loaded.solos.append(sequence)

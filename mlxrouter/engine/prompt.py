@@ -38,13 +38,22 @@ def encode_prompt(tokenizer: Any, request: GenerationRequest) -> list[int]:
         if isinstance(request.prompt, list):
             return list(request.prompt)
         return list(tokenizer.encode(request.prompt or ""))
+    text, templated = chat_text(tokenizer, request)
+    if templated:
+        return list(tokenizer.encode(text, add_special_tokens=False))
+    return list(tokenizer.encode(text))
+
+
+def chat_text(tokenizer: Any, request: GenerationRequest) -> tuple[str, bool]:
+    """A chat request's prompt as text, and whether a chat template rendered it (its special
+    tokens are then in the text; a role-mapped prompt has none)."""
     if request.tools and not tokenizer.has_tool_calling:
         raise InvalidRequestError(
             "This model's chat template does not support tools; for structured output use "
             "`response_format` with type `json_schema` instead",
             param="tools",
         )
-    messages = request.messages
+    messages = request.messages or []
     template = request.options.chat_template
     if not _template_mentions(tokenizer, template, "developer"):
         # OpenAI's newer name for the system role; most templates know only `system`.
@@ -54,9 +63,8 @@ def encode_prompt(tokenizer: Any, request: GenerationRequest) -> list[int]:
         messages = [{k: v for k, v in m.items() if k != "reasoning_content"} for m in messages]
     if (tokenizer.has_chat_template or template is not None) and request.role_mapping is None:
         variables = template_variables(tokenizer, request.chat_template_kwargs)
-        text = _render(tokenizer, template, messages, request.tools, variables)
-        return list(tokenizer.encode(text, add_special_tokens=False))
-    return list(tokenizer.encode(role_mapped_prompt(messages, request.role_mapping)))
+        return _render(tokenizer, template, messages, request.tools, variables), True
+    return role_mapped_prompt(messages, request.role_mapping), False
 
 
 def _render(

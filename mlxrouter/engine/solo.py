@@ -152,10 +152,16 @@ def solo_plan(
     solo sequence; its draft, if drafted (`draft_for`); and the kind of prompt cache it
     reuses: a quantized one is kept apart from the batch's, which cannot take it."""
     options = request.options
+    if loaded.spec.vision and options.draft is not None:
+        raise InvalidRequestError(
+            f"`{loaded.spec.key}` is a vision model: speculative decoding does not apply to it",
+            param="draft_model",
+        )
     draft = draft_for(request, loaded, models)
     check_kv(loaded.model, loaded.spec.key, options)
     kind = f"#kv{options.kv_bits}/{options.kv_group_size}" if options.kv_bits else ""
-    return draft is not None or options.kv_bits is not None, draft, kind
+    solo = draft is not None or options.kv_bits is not None or loaded.spec.vision
+    return solo, draft, kind
 
 
 def draft_for(

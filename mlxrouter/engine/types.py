@@ -23,6 +23,8 @@ class LoadSpec:
     base_key: str | None = None
     #: an embedding model: loaded as an encoder (`engine.embedding`), never for generation
     embedding: bool = False
+    #: a vision-language model: loaded and run with mlx-vlm (`engine.vision`)
+    vision: bool = False
     #: the weight files' fingerprint (discovery's): prompt caches on disk are kept per
     #: fingerprint, so changed weights never reuse old caches; "" keeps none on disk
     fingerprint: str = ""

@@ -18,14 +18,17 @@ docs/BENCHMARKS.md. Timings are reported, never asserted.
   g  idle RSS, and peak RSS against pool.max_memory under a switching workload
   s  per-token cost of each API surface (Anthropic, Responses, Ollama) against the chat path
   h  per-token cost through one upstream hop (`upstreams:`) against asking directly
+  v  vision: time to first token for a 512 x 512 image prompt against mlx-vlm in process, and
+     a second turn about the same image with and without the prompt cache
   +  "where one request's time goes": a profile of the daemon's request path outside MLX
 
 Models: the real SmolLM2-135M-Instruct (a, f, s, h, profile) and random-weight llama models of about
 1B parameters, 4-bit (b, c, e, g: load cost matters there, as it does for 4-8B models), built
-once into .cache/bench/.
+once into .cache/bench/; a random-weight Qwen2-VL (v), built once there by the tests' builder.
 """
 
 # Layout: __main__ (flags, run, print, write), suite (the Bench run: servers, figures in order),
 # harness (server processes), models (building and caching the models), measure (timed
 # requests), machine (CPU, memory, page cache, RSS), common (modes, figures, formatting),
-# report (docs/BENCHMARKS.md), and one module per figure: fig_a ... fig_h, fig_s, fig_profile.
+# report (docs/BENCHMARKS.md), and one module per figure: fig_a ... fig_h, fig_s, fig_v,
+# fig_profile.

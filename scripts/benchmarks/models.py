@@ -36,6 +36,17 @@ BIG_SPEC: dict[str, Any] = {
 }
 BIG_VERSION = 1
 LORA = {"rank": 8, "scale": 20.0, "dropout": 0.0}
+# Figure v's vision-language model: a random-weight Qwen2-VL built by the tests' own builder
+# (mlx-vlm's model classes); a 512 x 512 image is 324 of its prompt tokens.
+VLM_SPEC: dict[str, Any] = {
+    "hidden": 256,
+    "layers": 4,
+    "vision_depth": 2,
+    "vision_width": 128,
+    "max_pixels": 512 * 512,
+    "wide": False,
+}
+VLM_VERSION = 2
 
 
 def entry_overhead() -> int:
@@ -197,3 +208,21 @@ def add_hf_repos(cache: Path, blobs: dict[str, Path], start: int, stop: int) -> 
             if not link.is_symlink():
                 link.symlink_to(Path("..") / ".." / "blobs" / digests[name])
         (repo / "refs" / "main").write_text(commit)
+
+
+def vision_model() -> Path:
+    """Figure v's Qwen2-VL (VLM_SPEC), built once with `tests/visionmodel.py`."""
+    folder = BENCH_CACHE / "qwen2-vl-bench"
+    stamp = {"version": VLM_VERSION, "spec": VLM_SPEC}
+    if _stamp_ok(folder, stamp):
+        return folder
+    sys.path.insert(0, str(REPO / "tests"))  # the tests' model builders
+    from visionmodel import make_tiny_vlm
+
+    print(f"  building the vision model into {folder}", file=sys.stderr)
+    BENCH_CACHE.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".qwen2-vl-bench-", dir=BENCH_CACHE))
+    make_tiny_vlm(scratch, **VLM_SPEC)
+    gc.collect()
+    _publish(scratch, folder, stamp)
+    return folder
