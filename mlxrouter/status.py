@@ -52,7 +52,7 @@ class ModelCard(msgspec.Struct, kw_only=True):
     size_bytes: int
     #: remote ids: the upstream serving it (its config `name`)
     upstream: str | None = None
-    #: false while its upstream is down
+    #: false while its upstream is down, and for an encoder architecture the engine cannot run
     available: bool = True
     #: config.json's `model_type` (Ollama's `general.architecture`); None when unknown
     architecture: str | None = None
@@ -62,6 +62,8 @@ class ModelCard(msgspec.Struct, kw_only=True):
     #: embedding models: the vector's length, and the most tokens one input may have
     dimensions: int | None = None
     max_input_tokens: int | None = None
+    #: embedding models trained for shorter vectors: a request's `dimensions` may be lower
+    matryoshka: bool = False
 
 
 class ModelDetail(ModelCard, kw_only=True):
@@ -180,11 +182,12 @@ def model_card(
         quantization_bits=model.quantization_bits,
         size_bytes=found.size_bytes,
         upstream=remote.upstream if remote else None,
-        available=remote.available if remote else True,
+        available=remote.available if remote else model.unsupported is None,
         architecture=model.architecture,
         type=model.model_type,
         dimensions=model.dimensions,
         max_input_tokens=model.max_input_tokens,
+        matryoshka=model.matryoshka,
     )
 
 

@@ -74,6 +74,7 @@ class _Job:
     left: int
     prompt_tokens: int
     started: float
+    dimensions: int | None = None
 
 
 @dataclass(slots=True)
@@ -149,8 +150,14 @@ class Embedders:
             raise EngineError(f"The model `{key}` is not loaded")
         inputs = [_tokens(embedder, request, i, item) for i, item in enumerate(request.inputs)]
         count = sum(len(tokens) for tokens in inputs)
-        job = _Job(stream, np.zeros((len(inputs), 0), np.float32), len(inputs), count, 0.0)
-        job.started = time.perf_counter()
+        job = _Job(
+            stream,
+            np.zeros((len(inputs), 0), np.float32),
+            len(inputs),
+            count,
+            time.perf_counter(),
+            request.dimensions,
+        )
         embedder.queue.extend(_Item(job, i, tokens) for i, tokens in enumerate(inputs))
         stream.emit(Started(prompt_tokens=count))
 
@@ -263,7 +270,8 @@ def _step(embedder: _Embedder, mx_stream: Any) -> None:
         job.left -= 1
         if job.left == 0:
             seconds = time.perf_counter() - job.started
-            job.stream.emit(Embedded(vectors=job.vectors, prompt_tokens=job.prompt_tokens))
+            vectors = _shortened(job.vectors, job.dimensions)
+            job.stream.emit(Embedded(vectors=vectors, prompt_tokens=job.prompt_tokens))
             job.stream.emit(
                 Finished(
                     finish_reason="stop",
@@ -272,6 +280,17 @@ def _step(embedder: _Embedder, mx_stream: Any) -> None:
                     prompt_seconds=seconds,
                 )
             )
+
+
+def _shortened(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
+    """A Matryoshka model's vectors cut to their first `dimensions` and normalised again (the
+    full vector's unit norm does not carry over to its prefix)."""
+    if dimensions is None or dimensions >= vectors.shape[1]:
+        return vectors
+    cut = vectors[:, :dimensions]
+    norms = np.linalg.norm(cut, axis=1, keepdims=True)
+    shortened: np.ndarray = (cut / np.maximum(norms, 1e-12)).astype(np.float32)
+    return shortened
 
 
 def _embed(embedder: _Embedder, inputs: list[list[int]], mx_stream: Any) -> np.ndarray:
