@@ -33,7 +33,7 @@ from ..errors import EngineError, ModelLoadError
 from .admission import Prepared, prepare
 from .bridge import Command, GenerationStream, Outbox, reject, resolve
 from .disk_cache import DiskCache
-from .embedding import Embedders
+from .embedding import Embedders, lazy_embedder
 from .loading import (
     LOAD_SLICE_BYTES,
     MemoryWatch,
@@ -330,8 +330,9 @@ class Engine:
         if spec.key in self._models:
             resolve(loaded, self._models[spec.key].info)
             return
-        if spec.embedding:
-            resolve(loaded, self._embedders.load(spec))
+        embedder = self._embedders.info(spec.key)
+        if embedder is not None:
+            resolve(loaded, embedder)
             return
         if self._loads.join(spec, loaded):
             return
@@ -345,14 +346,13 @@ class Engine:
             self._loads.tokenizers.share(base.tokenizer)  # released when the adapter unloads
             resolve(loaded, self._register(spec, model, base.tokenizer, nbytes, started))
             return
-        self._loads.start(spec, loaded)
+        self._loads.start(spec, loaded, lazy_embedder if spec.embedding else None)
 
     def _advance_loads(self) -> None:
         """Read one slice of weights, then register every load that is complete."""
         for pending, tokenizer in self._loads.advance(self.load_slice_bytes):
-            info = self._register(
-                pending.spec, pending.model, tokenizer, pending.nbytes, pending.started
-            )
+            register = self._embedders.register if pending.spec.embedding else self._register
+            info = register(pending.spec, pending.model, tokenizer, pending.nbytes, pending.started)
             self.mlx_memory.publish()
             for future in pending.waiters:
                 resolve(future, info)
@@ -381,7 +381,9 @@ class Engine:
     def _unload(self, key: str) -> None:
         self._loads.abandon(key, ModelLoadError(f"The model `{key}` was unloaded"))
         if key in self._embedders:
-            self._embedders.unload(key, EngineError(f"The model `{key}` was unloaded"))
+            tokenizer = self._embedders.unload(key, EngineError(f"The model `{key}` was unloaded"))
+            self._loads.tokenizers.release(tokenizer)
+            del tokenizer
             free_memory()
         loaded = self._models.pop(key, None)
         if loaded is None:
