@@ -71,6 +71,9 @@ ENCODER_MODEL_TYPES = frozenset(
 #: which are BERT with positions counted from after the padding id), with absolute positions
 RUNNABLE_ENCODERS = frozenset({"bert", "roberta", "xlm-roberta"})
 
+#: encoders whose positions start after the padding id (`pad_token_id + 1`)
+PADDING_OFFSET_TYPES = frozenset({"roberta", "xlm-roberta"})
+
 #: README.md front-matter tags that declare Matryoshka training: sentence-transformers writes
 #: `loss:MatryoshkaLoss` (or `loss:Matryoshka2dLoss`) into the cards of the models it trains
 MATRYOSHKA_TAG = "matryoshka"
@@ -282,6 +285,10 @@ def _embedding_fields(folder: Path, config: dict[str, Any]) -> tuple[int | None,
     sbert = read_json(folder, "sentence_bert_config.json")
     limit = _positive_int(sbert[0].get("max_seq_length")) if sbert else None
     context = _context_length(config)
+    pad = config.get("pad_token_id", 1)
+    if context is not None and config.get("model_type") in PADDING_OFFSET_TYPES:
+        # (XLM-)RoBERTa's position table spends its first `pad_token_id + 1` rows
+        context -= (pad if isinstance(pad, int) else 1) + 1
     if limit is None or (context is not None and context < limit):
         limit = context
     return dimensions, limit

@@ -373,6 +373,20 @@ def test_decoder_with_pooling_module_is_an_embedding_model(tmp_path: Path) -> No
     assert found.model_type == "embedding"
 
 
+def test_xlm_roberta_inputs_are_limited_by_its_positions_after_the_padding_id(
+    tmp_path: Path,
+) -> None:
+    config = {
+        "architectures": ["XLMRobertaModel"],
+        "model_type": "xlm-roberta",
+        "max_position_embeddings": 514,
+        "pad_token_id": 1,
+    }
+    found = describe_folder("m", make_model(tmp_path / "m", config=config))
+    assert found is not None
+    assert found.max_input_tokens == 512
+
+
 @pytest.mark.parametrize(
     ("config", "unsupported"),
     [

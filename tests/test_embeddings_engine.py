@@ -164,7 +164,9 @@ async def test_a_chat_stream_keeps_flowing_while_an_embedding_model_loads(
     the chat stream gets a token between slices (one array per slice here)."""
     engine = Engine(prompt_cache_bytes=0, load_slice_bytes=1)
     try:
-        await engine.load(LoadSpec("chat", make_tiny_model(tmp_path / "chat", seed=1, context=8192)))
+        await engine.load(
+            LoadSpec("chat", make_tiny_model(tmp_path / "chat", seed=1, context=8192))
+        )
         endless = SamplingParams(temperature=0, logit_bias={2: -100})
         stream = await engine.generate(
             "chat", GenerationRequest(prompt="Hi", max_tokens=4000, sampling=endless)

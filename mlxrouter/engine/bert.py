@@ -25,12 +25,9 @@ from mlx.nn.layers.embedding import Embedding
 from mlx.nn.layers.linear import Linear
 from mlx.nn.layers.normalization import LayerNorm
 
-from ..discovery import RUNNABLE_ENCODERS
+from ..discovery import PADDING_OFFSET_TYPES, RUNNABLE_ENCODERS
 
 __all__ = ["BertEncoder", "is_encoder", "lazy_encoder"]
-
-#: model types whose positions are counted from after the padding id
-_PADDING_OFFSET_TYPES = frozenset({"roberta", "xlm-roberta"})
 
 #: checkpoint name prefixes of the bare encoder inside a task model (`BertForMaskedLM`)
 _PREFIXES = ("bert.", "roberta.")
@@ -49,7 +46,7 @@ def is_encoder(config: dict[str, Any]) -> bool:
 
 def position_offset(config: dict[str, Any]) -> int:
     """The position id of the first token: 0 for BERT, `pad_token_id + 1` for (XLM-)RoBERTa."""
-    if config.get("model_type") in _PADDING_OFFSET_TYPES:
+    if config.get("model_type") in PADDING_OFFSET_TYPES:
         return int(config.get("pad_token_id", 1)) + 1
     return 0
 
