@@ -11,7 +11,20 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import fig_a, fig_b, fig_c, fig_d, fig_e, fig_f, fig_g, fig_h, fig_p, fig_profile, fig_s
+from . import (
+    fig_a,
+    fig_b,
+    fig_c,
+    fig_d,
+    fig_e,
+    fig_f,
+    fig_g,
+    fig_h,
+    fig_i,
+    fig_p,
+    fig_profile,
+    fig_s,
+)
 from .common import MB, REPO, Figure, Mode, verdict
 from .harness import MlxLmServer, MlxRouter, Server
 from .machine import proc_status
@@ -189,6 +202,7 @@ class Bench:
         self.stop_all()
         self.run_figure(fig_s)
         self.run_figure(fig_h)
+        self.run_figure(fig_i)
         if self.wanted("profile"):
             print("== profile of one request's path", file=sys.stderr, flush=True)
             try:
