@@ -41,6 +41,7 @@ from .loading import (
     PendingLoads,
     adapter_on_base,
     free_memory,
+    load_failed,
 )
 from .output import SequenceOutput
 from .prefix import CacheCounts, Prefills, PrefixCache
@@ -352,7 +353,17 @@ class Engine:
         """Read one slice of weights, then register every load that is complete."""
         for pending, tokenizer in self._loads.advance(self.load_slice_bytes):
             register = self._embedders.register if pending.spec.embedding else self._register
-            info = register(pending.spec, pending.model, tokenizer, pending.nbytes, pending.started)
+            try:
+                info = register(
+                    pending.spec, pending.model, tokenizer, pending.nbytes, pending.started
+                )
+            except Exception as exc:  # noqa: BLE001 - a model's odd files fail its load only
+                self._loads.tokenizers.release(tokenizer)
+                failed = load_failed(pending.spec, exc)
+                for future in pending.waiters:
+                    reject(future, failed)
+                free_memory()
+                continue
             self.mlx_memory.publish()
             for future in pending.waiters:
                 resolve(future, info)
