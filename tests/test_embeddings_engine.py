@@ -195,3 +195,61 @@ async def test_a_chat_stream_keeps_flowing_while_an_embedding_model_loads(
         assert (await embed(engine, "minilm", CAT)).shape == (1, 384)
     finally:
         engine.close()
+
+
+def test_batches_are_sized_by_time_while_chat_streams_decode() -> None:
+    """Alone, an embedding model's batches hold `BATCH_TOKENS`; beside decoding chat streams
+    they hold what takes about `SHARED_BATCH_SECONDS` at the measured pace (a small probe
+    first), at least one input."""
+    from mlxrouter.engine.embedding import (
+        BATCH_TOKENS,
+        PROBE_TOKENS,
+        SHARED_BATCH_SECONDS,
+        batch_tokens,
+    )
+
+    assert batch_tokens(None, sharing=False) == BATCH_TOKENS
+    assert batch_tokens(1.0, sharing=False) == BATCH_TOKENS
+    assert batch_tokens(None, sharing=True) == PROBE_TOKENS
+    assert batch_tokens(1e-7, sharing=True) == BATCH_TOKENS  # a fast device: the usual bound
+    assert batch_tokens(SHARED_BATCH_SECONDS / 100, sharing=True) == 100
+    assert batch_tokens(10.0, sharing=True) == 1
+
+
+async def test_a_chat_stream_keeps_flowing_through_an_indexing_job(
+    engine: Engine, embedding_model: Path, tmp_path: Path
+) -> None:
+    """A job queued while a chat stream decodes runs in batches sized by time, so the stream
+    gets tokens between them instead of waiting for the whole job (on this CPU, one
+    `BATCH_TOKENS` batch would hold every text here)."""
+    await engine.load(LoadSpec("chat", make_tiny_model(tmp_path / "chat", seed=1, context=8192)))
+    await engine.load(LoadSpec("minilm", embedding_model, embedding=True))
+    await embed(engine, "minilm", CAT)  # measured alone: a full-size batch's pace
+    endless = SamplingParams(temperature=0, logit_bias={2: -100})
+    stream = await engine.generate(
+        "chat", GenerationRequest(prompt="Hi", max_tokens=4000, sampling=endless)
+    )
+    tokens = 0
+    streaming = asyncio.Event()
+
+    async def consume() -> None:
+        nonlocal tokens
+        async for event in stream:
+            if isinstance(event, Chunk):
+                tokens += 1
+                streaming.set()
+
+    consumer = asyncio.create_task(consume())
+    try:
+        await streaming.wait()
+        texts = [f"document {i} " + "word " * (i % 5) for i in range(16)]
+        before = tokens
+        vectors = await embed(engine, "minilm", *texts)
+        during = tokens - before
+    finally:
+        stream.cancel()
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
+    assert vectors.shape == (16, 384)
+    assert during >= 8, f"{during} chat tokens while 16 texts were embedded"

@@ -13,8 +13,10 @@ published.
 
 The inputs of every request to one model wait in one queue. Each engine turn runs one batch
 per busy model: the queue's inputs sorted by length, shortest first, padded on the right, as
-many as fit `BATCH_TOKENS` padded tokens (at least one). So an indexing job of thousands of
-texts delays the chat streams of the same turn by one batch, never by the whole job. Padding
+many as fit `BATCH_TOKENS` padded tokens (at least one), or, while chat streams decode, as
+many as take about `SHARED_BATCH_SECONDS` at the model's measured pace (`batch_tokens`: on a
+CPU one MiniLM batch of 8,192 tokens takes minutes). So an indexing job of thousands of texts
+delays the chat streams of the same turn by one short batch, never by the whole job. Padding
 cannot change a vector: keys at padded positions are masked out of an encoder's attention, a
 decoder's causal attention never looks right, and pooling reads only the real tokens.
 Engine thread only.
@@ -41,10 +43,17 @@ from .types import Embedded, EmbeddingRequest, Finished, LoadSpec, ModelInfo, St
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BATCH_TOKENS", "Embedders", "lazy_embedder", "pooling_of"]
+__all__ = ["BATCH_TOKENS", "Embedders", "batch_tokens", "lazy_embedder", "pooling_of"]
 
 #: padded tokens (inputs x longest input) one batch may hold: bounds a batch's time and memory
 BATCH_TOKENS = 8192
+
+#: while chat streams decode, a batch is sized to take about this long (by the model's measured
+#: seconds per padded token), so a slow device (a CPU) still gives them a token every so often
+SHARED_BATCH_SECONDS = 0.05
+
+#: the first batch of a model while chat streams decode, before any batch was measured
+PROBE_TOKENS = 64
 
 Pooling = Literal["mean", "cls", "last"]
 
@@ -102,6 +111,8 @@ class _Embedder:
     vocab_size: int
     info: ModelInfo | None = None
     queue: list[_Item] = field(default_factory=list)
+    #: seconds per padded token of its batches so far (a moving average); None: none run yet
+    token_seconds: float | None = None
 
 
 class Embedders:
@@ -192,13 +203,15 @@ class Embedders:
         embedder.queue.extend(_Item(job, i, tokens) for i, tokens in enumerate(inputs))
         stream.emit(Started(prompt_tokens=count))
 
-    def step(self, mx_stream: Any) -> None:
-        """One batch for every model with inputs waiting; a failure fails that model's jobs."""
+    def step(self, mx_stream: Any, *, sharing: bool = False) -> None:
+        """One batch for every model with inputs waiting (`sharing`: chat streams are decoding
+        in the same turns, so the batch is sized by time: `batch_tokens`); a failure fails
+        that model's jobs."""
         for embedder in list(self._models.values()):
             if not embedder.queue:
                 continue
             try:
-                _step(embedder, mx_stream)
+                _step(embedder, mx_stream, batch_tokens(embedder.token_seconds, sharing=sharing))
             except Exception:
                 log.exception(
                     "embedding on %s failed; its requests end with an error", embedder.key
@@ -264,17 +277,33 @@ def _tokens(
     return tokens
 
 
-def _step(embedder: _Embedder, mx_stream: Any) -> None:
+def batch_tokens(token_seconds: float | None, *, sharing: bool) -> int:
+    """Padded tokens the next batch may hold: `BATCH_TOKENS`, or while chat streams decode
+    (`sharing`) as many as take about `SHARED_BATCH_SECONDS` at the measured seconds per
+    padded token (a GPU's MiniLM fits `BATCH_TOKENS` in that time; a CPU a text or two)."""
+    if not sharing:
+        return BATCH_TOKENS
+    if not token_seconds:
+        return PROBE_TOKENS  # nothing measured yet: a small batch measures the model
+    return max(1, min(BATCH_TOKENS, int(SHARED_BATCH_SECONDS / token_seconds)))
+
+
+def _step(embedder: _Embedder, mx_stream: Any, limit: int) -> None:
     queue = embedder.queue
     queue.sort(key=lambda item: len(item.tokens))
     queue[:] = [item for item in queue if not item.job.stream.cancelled]
     if not queue:
         return
     taken = 1
-    while taken < len(queue) and (taken + 1) * len(queue[taken].tokens) <= BATCH_TOKENS:
+    while taken < len(queue) and (taken + 1) * len(queue[taken].tokens) <= limit:
         taken += 1
     batch, embedder.queue = queue[:taken], queue[taken:]
+    started = time.perf_counter()
     vectors = _embed(embedder, [item.tokens for item in batch], mx_stream)
+    # Padded tokens: what the batch computed (its rows times its longest, the last one).
+    measured = (time.perf_counter() - started) / (taken * len(batch[-1].tokens))
+    previous = embedder.token_seconds
+    embedder.token_seconds = measured if previous is None else 0.5 * (previous + measured)
     for item, vector in zip(batch, vectors, strict=True):
         job = item.job
         if job.vectors.shape[1] == 0:

@@ -291,7 +291,8 @@ class Engine:
                 self._step_safely(loaded)
             if loaded.solos:
                 step_solos(loaded.solos, loaded.spec.key)
-        self._embedders.step(self._stream)
+        sharing = any(loaded.busy for loaded in self._models.values())
+        self._embedders.step(self._stream, sharing=sharing)
 
     def _drain_commands(self, *, block: bool) -> None:
         """Run the queued commands. `block` (the engine is idle): wait for the first, then
