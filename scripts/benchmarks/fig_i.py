@@ -164,7 +164,8 @@ def measure(bench: Bench, fig: Figure) -> None:
                 f"mlxrouter embedded {our_rate:.1f} texts/s against mlx-embeddings' "
                 f"{their_rate:.1f} ({ratio:.3f}x); its time includes the HTTP request, JSON and "
                 "base64 both ways, and a batch per engine turn (at most 8,192 padded tokens) "
-                "where mlx-embeddings pads all inputs into one."
+                "where mlx-embeddings pads all inputs into one; single rounds on a shared "
+                "machine vary by more than that (compare the rounds above)."
             )
     fig.details += [
         "",
@@ -172,8 +173,9 @@ def measure(bench: Bench, fig: Figure) -> None:
         f"max_tokens={mode.surface_tokens}) alone, then started while an indexing job of "
         f"{job:,} texts ({JOB_BATCH:,} a request, one after another) runs on the same daemon; "
         "tokens/s = completion tokens / (request to last event), the fastest round. The "
-        "engine runs one embedding batch (at most 8,192 padded tokens) per turn between "
-        "decoding steps, so each token, the first included, can wait for one batch.",
+        "engine runs one embedding batch per turn between decoding steps, sized while chat "
+        "streams decode to take about 50 ms at the model's measured pace (8,192 padded "
+        "tokens otherwise), so each token, the first included, can wait for one batch.",
         "",
         "| chat stream | tokens/s | slower by | time to first text | per token after it "
         "| the job's texts/s |",
