@@ -23,6 +23,16 @@ from mlxrouter.errors import InvalidRequestError, ModelLoadError
 
 
 @pytest.fixture
+def token_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches bounded by `BATCH_TOKENS` alone, as on a fast device: on this CPU the time
+    bound would make every batch one input, and the padding tests would pad nothing."""
+    from mlxrouter.engine import embedding
+
+    monkeypatch.setattr(embedding, "ALONE_BATCH_SECONDS", 1e9)
+    monkeypatch.setattr(embedding, "PROBE_TOKENS", embedding.BATCH_TOKENS)
+
+
+@pytest.fixture
 async def engine() -> AsyncIterator[Engine]:
     engine = Engine(prompt_cache_bytes=0)
     yield engine
@@ -51,6 +61,7 @@ async def test_minilm_matches_an_independent_numpy_forward_pass(
     assert similar - unrelated >= 0.3
 
 
+@pytest.mark.usefixtures("token_bounded")
 async def test_one_input_alone_equals_it_inside_a_batch_of_mixed_lengths(
     engine: Engine, embedding_model: Path
 ) -> None:
@@ -88,6 +99,7 @@ async def test_token_ids_and_limits(engine: Engine, embedding_model: Path) -> No
     assert isinstance(events[0], Started) and events[0].prompt_tokens == 256
 
 
+@pytest.mark.usefixtures("token_bounded")
 async def test_a_decoder_embedder_pools_the_last_token_alone_as_in_a_batch(
     engine: Engine, tmp_path: Path
 ) -> None:
@@ -103,6 +115,7 @@ async def test_a_decoder_embedder_pools_the_last_token_alone_as_in_a_batch(
     assert np.abs(batched[1] - alone[0]).max() < 1e-5
 
 
+@pytest.mark.usefixtures("token_bounded")
 async def test_xlm_roberta_matches_the_numpy_forward_pass(
     engine: Engine, embedding_model: Path, tmp_path: Path
 ) -> None:
@@ -198,22 +211,23 @@ async def test_a_chat_stream_keeps_flowing_while_an_embedding_model_loads(
 
 
 def test_batches_are_sized_by_time_while_chat_streams_decode() -> None:
-    """Alone, an embedding model's batches hold `BATCH_TOKENS`; beside decoding chat streams
-    they hold what takes about `SHARED_BATCH_SECONDS` at the measured pace (a small probe
-    first), at least one input."""
+    """Batches hold what takes `ALONE_BATCH_SECONDS` at the measured pace, or
+    `SHARED_BATCH_SECONDS` beside decoding chat streams (a small probe first), within
+    `BATCH_TOKENS`, at least one input."""
     from mlxrouter.engine.embedding import (
+        ALONE_BATCH_SECONDS,
         BATCH_TOKENS,
         PROBE_TOKENS,
         SHARED_BATCH_SECONDS,
         batch_tokens,
     )
 
-    assert batch_tokens(None, sharing=False) == BATCH_TOKENS
-    assert batch_tokens(1.0, sharing=False) == BATCH_TOKENS
-    assert batch_tokens(None, sharing=True) == PROBE_TOKENS
-    assert batch_tokens(1e-7, sharing=True) == BATCH_TOKENS  # a fast device: the usual bound
+    assert batch_tokens(None, sharing=False) == batch_tokens(None, sharing=True) == PROBE_TOKENS
+    assert batch_tokens(1e-7, sharing=False) == BATCH_TOKENS  # a fast device: the usual bound
+    assert batch_tokens(1e-7, sharing=True) == BATCH_TOKENS
+    assert batch_tokens(ALONE_BATCH_SECONDS / 100, sharing=False) == 100
     assert batch_tokens(SHARED_BATCH_SECONDS / 100, sharing=True) == 100
-    assert batch_tokens(10.0, sharing=True) == 1
+    assert batch_tokens(10.0, sharing=True) == batch_tokens(10.0, sharing=False) == 1
 
 
 async def test_a_chat_stream_keeps_flowing_through_an_indexing_job(

@@ -13,10 +13,11 @@ published.
 
 The inputs of every request to one model wait in one queue. Each engine turn runs one batch
 per busy model: the queue's inputs sorted by length, shortest first, padded on the right, as
-many as fit `BATCH_TOKENS` padded tokens (at least one), or, while chat streams decode, as
-many as take about `SHARED_BATCH_SECONDS` at the model's measured pace (`batch_tokens`: on a
-CPU one MiniLM batch of 8,192 tokens takes minutes). So an indexing job of thousands of texts
-delays the chat streams of the same turn by one short batch, never by the whole job. Padding
+many as fit `BATCH_TOKENS` padded tokens (at least one) and take at most about
+`ALONE_BATCH_SECONDS` at the model's measured pace, or `SHARED_BATCH_SECONDS` while chat
+streams decode (`batch_tokens`: on a CPU one MiniLM batch of 8,192 tokens takes minutes). So
+an indexing job of thousands of texts delays the chat streams of the same turn by one short
+batch, never by the whole job, and a chat request arriving during a job waits for one. Padding
 cannot change a vector: keys at padded positions are masked out of an encoder's attention, a
 decoder's causal attention never looks right, and pooling reads only the real tokens.
 Engine thread only.
@@ -52,7 +53,11 @@ BATCH_TOKENS = 8192
 #: seconds per padded token), so a slow device (a CPU) still gives them a token every so often
 SHARED_BATCH_SECONDS = 0.05
 
-#: the first batch of a model while chat streams decode, before any batch was measured
+#: the most a batch may take otherwise: a chat request arriving meanwhile waits for it (a CPU
+#: embeds as fast in small batches as in large ones; a GPU fits `BATCH_TOKENS` well within it)
+ALONE_BATCH_SECONDS = 0.25
+
+#: a model's first batch, before its pace is measured
 PROBE_TOKENS = 64
 
 Pooling = Literal["mean", "cls", "last"]
@@ -278,14 +283,14 @@ def _tokens(
 
 
 def batch_tokens(token_seconds: float | None, *, sharing: bool) -> int:
-    """Padded tokens the next batch may hold: `BATCH_TOKENS`, or while chat streams decode
-    (`sharing`) as many as take about `SHARED_BATCH_SECONDS` at the measured seconds per
-    padded token (a GPU's MiniLM fits `BATCH_TOKENS` in that time; a CPU a text or two)."""
-    if not sharing:
-        return BATCH_TOKENS
+    """Padded tokens the next batch may hold: as many as take about `SHARED_BATCH_SECONDS`
+    while chat streams decode (`sharing`), else `ALONE_BATCH_SECONDS`, at the measured seconds
+    per padded token, within `BATCH_TOKENS` (a GPU's MiniLM fits `BATCH_TOKENS` in either; a
+    CPU a text or two); `PROBE_TOKENS` before anything is measured."""
     if not token_seconds:
-        return PROBE_TOKENS  # nothing measured yet: a small batch measures the model
-    return max(1, min(BATCH_TOKENS, int(SHARED_BATCH_SECONDS / token_seconds)))
+        return PROBE_TOKENS
+    seconds = SHARED_BATCH_SECONDS if sharing else ALONE_BATCH_SECONDS
+    return max(1, min(BATCH_TOKENS, int(seconds / token_seconds)))
 
 
 def _step(embedder: _Embedder, mx_stream: Any, limit: int) -> None:

@@ -163,7 +163,7 @@ def measure(bench: Bench, fig: Figure) -> None:
             fig.cause.append(
                 f"mlxrouter embedded {our_rate:.1f} texts/s against mlx-embeddings' "
                 f"{their_rate:.1f} ({ratio:.3f}x); its time includes the HTTP request, JSON and "
-                "base64 both ways, and a batch per engine turn (at most 8,192 padded tokens) "
+                "base64 both ways, and a batch per engine turn (bounded in tokens and time) "
                 "where mlx-embeddings pads all inputs into one; single rounds on a shared "
                 "machine vary by more than that (compare the rounds above)."
             )
@@ -173,9 +173,9 @@ def measure(bench: Bench, fig: Figure) -> None:
         f"max_tokens={mode.surface_tokens}) alone, then started while an indexing job of "
         f"{job:,} texts ({JOB_BATCH:,} a request, one after another) runs on the same daemon; "
         "tokens/s = completion tokens / (request to last event), the fastest round. The "
-        "engine runs one embedding batch per turn between decoding steps, sized while chat "
-        "streams decode to take about 50 ms at the model's measured pace (8,192 padded "
-        "tokens otherwise), so each token, the first included, can wait for one batch.",
+        "engine runs one embedding batch per turn between decoding steps, at most 8,192 "
+        "padded tokens and what takes about 0.25 s at the model's measured pace (50 ms while "
+        "chat streams decode), so each token, the first included, can wait for one batch.",
         "",
         "| chat stream | tokens/s | slower by | time to first text | per token after it "
         "| the job's texts/s |",
