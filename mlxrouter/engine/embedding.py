@@ -209,9 +209,9 @@ class Embedders:
         stream.emit(Started(prompt_tokens=count))
 
     def step(self, mx_stream: Any, *, sharing: bool = False) -> None:
-        """One batch for every model with inputs waiting (`sharing`: chat streams are decoding
-        in the same turns, so the batch is sized by time: `batch_tokens`); a failure fails
-        that model's jobs."""
+        """One batch for every model with inputs waiting, sized by `batch_tokens` (shorter when
+        `sharing`: chat streams decode in the same turns); a failure fails that model's
+        jobs."""
         for embedder in list(self._models.values()):
             if not embedder.queue:
                 continue
