@@ -163,6 +163,9 @@ class ModelEntryConfig(ModelSettings, frozen=True, forbid_unknown_fields=True, k
     #: what the model serves, when discovery's guess is wrong: chat, embeddings, or chat with
     #: images (vision)
     type: Literal["chat", "embedding", "vision"] | None = None
+    #: an embedding model trained for shorter vectors (Matryoshka) that its files do not
+    #: declare (Qwen3-Embedding): requests may ask for fewer `dimensions`; null: its files say
+    matryoshka: bool | None = None
 
 
 class UpstreamConfig(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):

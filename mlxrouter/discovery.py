@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from huggingface_hub import scan_cache_dir
 from huggingface_hub.errors import CacheNotFound
 
@@ -31,6 +32,7 @@ __all__ = [
     "folder_kind",
     "scan_hf_cache",
     "scan_model_dir",
+    "unsupported_encoder",
 ]
 
 logger = logging.getLogger(__name__)
@@ -49,8 +51,35 @@ ModelType = Literal["chat", "embedding", "vision"]
 
 #: config.json `architectures` that are encoders: their folders serve embeddings only
 ENCODER_ARCHITECTURES = frozenset(
-    {"BertModel", "XLMRobertaModel", "ModernBertModel", "NomicBertModel", "RobertaModel"}
+    {
+        "BertModel",
+        "XLMRobertaModel",
+        "ModernBertModel",
+        "NomicBertModel",
+        "RobertaModel",
+        "MPNetModel",
+        "DistilBertModel",
+    }
 )
+
+#: config.json `model_type`s of encoders (a folder may name no architecture)
+ENCODER_MODEL_TYPES = frozenset(
+    {"bert", "roberta", "xlm-roberta", "modernbert", "nomic_bert", "mpnet", "distilbert"}
+)
+
+#: encoder `model_type`s the engine runs (`engine/bert.py`: BERT, and RoBERTa / XLM-RoBERTa,
+#: which are BERT with positions counted from after the padding id), with absolute positions
+RUNNABLE_ENCODERS = frozenset({"bert", "roberta", "xlm-roberta"})
+
+#: encoders whose positions start after the padding id (`pad_token_id + 1`)
+PADDING_OFFSET_TYPES = frozenset({"roberta", "xlm-roberta"})
+
+#: README.md front-matter tags that declare Matryoshka training: sentence-transformers writes
+#: `loss:MatryoshkaLoss` (or `loss:Matryoshka2dLoss`) into the cards of the models it trains
+MATRYOSHKA_TAG = "matryoshka"
+
+#: the most of README.md read for its front matter (model cards run to tens of KB)
+MAX_CARD_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +111,12 @@ class FoundModel:
     #: embedding models: the vector's length and the most tokens one input may have
     dimensions: int | None = None
     max_input_tokens: int | None = None
+    #: embedding models trained to be truncated (Matryoshka): a request's `dimensions` may ask
+    #: for a shorter vector (declared by config.json's `matryoshka_dimensions` or a model-card
+    #: tag; see `_matryoshka`)
+    matryoshka: bool = False
+    #: an encoder architecture the engine cannot run (`NomicBertModel`): listed, not served
+    unsupported: str | None = None
 
 
 # --- field extraction --------------------------------------------------------------------
@@ -169,6 +204,7 @@ def describe_folder(
     if model_type is None:
         model_type = _guess_type(real, config, vision_types) if is_model else "chat"
     embedding = _embedding_fields(real, config) if model_type == "embedding" else (None, None)
+    is_embedding = model_type == "embedding" and is_model
     return FoundModel(
         id=model_id,
         path=real,
@@ -186,6 +222,8 @@ def describe_folder(
         model_type=model_type,
         dimensions=embedding[0],
         max_input_tokens=embedding[1],
+        matryoshka=is_embedding and _matryoshka(real, config),
+        unsupported=unsupported_encoder(config) if is_embedding else None,
     )
 
 
@@ -196,6 +234,52 @@ def _guess_type(folder: Path, config: dict[str, Any], vision_types: frozenset[st
     if "vision_config" in config or (architecture or "").lower() in vision_types:
         return "vision"
     return "chat"
+
+
+def unsupported_encoder(config: dict[str, Any]) -> str | None:
+    """The architecture's name when `config` is an encoder the engine cannot run, else None
+    (decoder embedders run on mlx_lm's models, whose own load says when one is unknown)."""
+    architectures = config.get("architectures")
+    listed = architectures if isinstance(architectures, list) else []
+    names = [a for a in listed if isinstance(a, str)]
+    model_type = config.get("model_type")
+    encoder = any(a in ENCODER_ARCHITECTURES for a in names) or model_type in ENCODER_MODEL_TYPES
+    if not encoder:
+        return None
+    positions = config.get("position_embedding_type", "absolute")
+    if model_type in RUNNABLE_ENCODERS and positions == "absolute":
+        return None
+    return next(iter(names), None) or str(model_type or "unknown")
+
+
+def _matryoshka(folder: Path, config: dict[str, Any]) -> bool:
+    """Trained to be truncated: config.json's `matryoshka_dimensions` (jina-embeddings-v3's
+    declaration), or a `matryoshka` tag in the model card's front matter (the
+    `loss:MatryoshkaLoss` tag sentence-transformers writes for the models it trains)."""
+    declared = config.get("matryoshka_dimensions")
+    if isinstance(declared, list) and declared:
+        return True
+    return any(MATRYOSHKA_TAG in tag.lower() for tag in _card_tags(folder))
+
+
+def _card_tags(folder: Path) -> list[str]:
+    """The `tags` of README.md's YAML front matter (none when unreadable)."""
+    try:
+        with (folder / "README.md").open("rb") as f:
+            head = f.read(MAX_CARD_BYTES).decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    if not head.startswith("---"):
+        return []
+    end = head.find("\n---", 3)
+    if end < 0:
+        return []
+    try:
+        meta = yaml.safe_load(head[3:end])
+    except yaml.YAMLError:
+        return []
+    tags = meta.get("tags") if isinstance(meta, dict) else None
+    return [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
 
 
 def _is_embedder(folder: Path, config: dict[str, Any]) -> bool:
@@ -218,6 +302,10 @@ def _embedding_fields(folder: Path, config: dict[str, Any]) -> tuple[int | None,
     sbert = read_json(folder, "sentence_bert_config.json")
     limit = _positive_int(sbert[0].get("max_seq_length")) if sbert else None
     context = _context_length(config)
+    pad = config.get("pad_token_id", 1)
+    if context is not None and config.get("model_type") in PADDING_OFFSET_TYPES:
+        # (XLM-)RoBERTa's position table spends its first `pad_token_id + 1` rows
+        context -= (pad if isinstance(pad, int) else 1) + 1
     if limit is None or (context is not None and context < limit):
         limit = context
     return dimensions, limit

@@ -43,6 +43,10 @@ class InvalidRequestError(MlxRouterError, type=REQUEST, code="invalid_value"):
     """A request field is out of range or inconsistent; `param` names it."""
 
 
+class UnsupportedModelError(InvalidRequestError, code="model_not_supported"):
+    """The model is registered but its architecture cannot be run here."""
+
+
 class ContextLengthExceededError(InvalidRequestError, code="context_length_exceeded"):
     """The prompt (with `max_tokens`) does not fit the model's context."""
 

@@ -109,17 +109,20 @@ def _options(entry: ModelEntryConfig) -> EntryOptions:
 
 
 def _typed(entry: RegistryEntry, spec: ModelEntryConfig) -> RegistryEntry:
-    """`spec`'s `type:` over discovery's guess: the folder described again as that type."""
-    if spec.type is None or spec.type == entry.found.model_type or entry.kind != "model":
-        return entry
-    typed = describe_folder(
-        entry.found.id,
-        entry.path,
-        created=entry.found.created,
-        model_type=spec.type,
-        vision_types=vision_model_types(),
-    )
-    return entry if typed is None else replace(entry, found=typed)
+    """`spec`'s `type:` over discovery's guess (the folder described again as that type), and
+    its `matryoshka:` over the folder's declarations."""
+    if spec.type is not None and spec.type != entry.found.model_type and entry.kind == "model":
+        typed = describe_folder(
+            entry.found.id,
+            entry.path,
+            created=entry.found.created,
+            model_type=spec.type,
+            vision_types=vision_model_types(),
+        )
+        entry = entry if typed is None else replace(entry, found=typed)
+    if spec.matryoshka is not None and entry.found.model_type == "embedding":
+        entry = replace(entry, found=replace(entry.found, matryoshka=spec.matryoshka))
+    return entry
 
 
 def _scan_sources(config: Config, problems: list[str]) -> dict[str, RegistryEntry]:

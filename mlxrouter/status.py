@@ -53,8 +53,8 @@ class ModelCard(msgspec.Struct, kw_only=True):
     size_bytes: int
     #: remote ids: the upstream serving it (its config `name`)
     upstream: str | None = None
-    #: false while its upstream is down, or for a vision model without the `mlxrouter[vision]`
-    #: extra (mlx-vlm) installed
+    #: false while its upstream is down, for an encoder architecture the engine cannot run, and
+    #: for a vision model without the `mlxrouter[vision]` extra (mlx-vlm) installed
     available: bool = True
     #: config.json's `model_type` (Ollama's `general.architecture`); None when unknown
     architecture: str | None = None
@@ -64,6 +64,8 @@ class ModelCard(msgspec.Struct, kw_only=True):
     #: embedding models: the vector's length, and the most tokens one input may have
     dimensions: int | None = None
     max_input_tokens: int | None = None
+    #: embedding models trained for shorter vectors: a request's `dimensions` may be lower
+    matryoshka: bool = False
 
 
 class ModelDetail(ModelCard, kw_only=True):
@@ -184,11 +186,12 @@ def model_card(
         upstream=remote.upstream if remote else None,
         available=remote.available
         if remote
-        else model.model_type != "vision" or vision_installed(),
+        else model.unsupported is None and (model.model_type != "vision" or vision_installed()),
         architecture=model.architecture,
         type=model.model_type,
         dimensions=model.dimensions,
         max_input_tokens=model.max_input_tokens,
+        matryoshka=model.matryoshka,
     )
 
 

@@ -13,7 +13,12 @@ from pathlib import Path
 from .config import Config, ModelSettings, inline_template
 from .engine import GenerationRequest, LoadSpec, ModelOptions
 from .engine.types import DEFAULT_DRAFT_TOKENS, DEFAULT_QUANTIZED_KV_START
-from .errors import ConfigError, InvalidRequestError, ModelLoadError, ModelNotFoundError
+from .errors import (
+    ConfigError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    UnsupportedModelError,
+)
 from .pool import Lease, LeaseRequest, Pool
 from .registry import Registry, RegistryEntry
 from .vision_types import VISION_EXTRA, vision_installed
@@ -108,7 +113,14 @@ _ALSO_SERVES = {"vision": ("chat",)}
 def check_serves(target: Target, wanted: str) -> None:
     """Refuse a request of type `wanted` (`chat`, `embedding`) to a model that does not serve it,
     saying what the model is and which endpoints it serves."""
-    kind = target.model.found.model_type
+    found = target.model.found
+    if found.unsupported is not None:
+        raise UnsupportedModelError(
+            f"`{target.requested}` is a {found.unsupported} model, an architecture this server "
+            "cannot run (its encoders are BERT, RoBERTa and XLM-RoBERTa)",
+            param="model",
+        )
+    kind = found.model_type
     if kind == wanted or wanted in _ALSO_SERVES.get(kind, ()):
         return
     what, serves = _TYPES[kind]
@@ -126,9 +138,10 @@ def check_loadable(target: Target) -> None:
             param="adapters" if target.requested == target.model.id else "model",
         )
     if vision and not vision_installed():
-        raise ModelLoadError(
+        raise UnsupportedModelError(
             f"`{target.requested}` is a vision model: install the `{VISION_EXTRA}` extra "
-            "(mlx-vlm) to serve it"
+            "(mlx-vlm) to serve it",
+            param="model",
         )
 
 

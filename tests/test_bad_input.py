@@ -607,6 +607,14 @@ CASES: list[tuple[str, str, str, Any, int, str | None]] = [
         "dimensions",
     ),
     (
+        "ollama embed: other dimensions of a model not trained for them",
+        "POST",
+        "/api/embed",
+        {"model": "minilm", "input": "a", "dimensions": 64},
+        400,
+        None,
+    ),
+    (
         "embeddings: bad encoding",
         "POST",
         "/v1/embeddings",

@@ -373,6 +373,82 @@ def test_decoder_with_pooling_module_is_an_embedding_model(tmp_path: Path) -> No
     assert found.model_type == "embedding"
 
 
+def test_xlm_roberta_inputs_are_limited_by_its_positions_after_the_padding_id(
+    tmp_path: Path,
+) -> None:
+    config = {
+        "architectures": ["XLMRobertaModel"],
+        "model_type": "xlm-roberta",
+        "max_position_embeddings": 514,
+        "pad_token_id": 1,
+    }
+    found = describe_folder("m", make_model(tmp_path / "m", config=config))
+    assert found is not None
+    assert found.max_input_tokens == 512
+
+
+@pytest.mark.parametrize(
+    ("config", "unsupported"),
+    [
+        ({"architectures": ["BertModel"], "model_type": "bert"}, None),
+        ({"architectures": ["XLMRobertaModel"], "model_type": "xlm-roberta"}, None),
+        ({"architectures": ["RobertaModel"], "model_type": "roberta"}, None),
+        ({"architectures": ["NomicBertModel"], "model_type": "nomic_bert"}, "NomicBertModel"),
+        ({"architectures": ["ModernBertModel"], "model_type": "modernbert"}, "ModernBertModel"),
+        ({"architectures": ["MPNetModel"], "model_type": "mpnet"}, "MPNetModel"),
+        # BERT with relative positions is not the absolute-position BERT the engine runs
+        (
+            {
+                "architectures": ["BertModel"],
+                "model_type": "bert",
+                "position_embedding_type": "relative_key",
+            },
+            "BertModel",
+        ),
+        ({"model_type": "modernbert"}, "modernbert"),
+        ({"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3"}, None),
+    ],
+)
+def test_encoders_the_engine_cannot_run_are_marked(
+    tmp_path: Path, config: dict[str, Any], unsupported: str | None
+) -> None:
+    folder = make_model(tmp_path / "m", config=config)
+    (folder / "modules.json").write_text("[]")
+    found = describe_folder("m", folder)
+    assert found is not None
+    assert (found.model_type, found.unsupported) == ("embedding", unsupported)
+
+
+@pytest.mark.parametrize(
+    ("config", "readme", "declared"),
+    [
+        ({"matryoshka_dimensions": [32, 64, 128, 256]}, None, True),
+        ({}, "---\ntags:\n- sentence-transformers\n- loss:MatryoshkaLoss\n---\ntext", True),
+        ({}, "---\ntags: [matryoshka]\n---\n", True),
+        ({}, "---\ntags:\n- sentence-transformers\n---\nMatryoshka in prose only", False),
+        ({}, "no front matter\ntags:\n- matryoshka\n", False),
+        ({}, "---\ntags: [unclosed\n---\n", False),
+        ({"matryoshka_dimensions": []}, None, False),
+    ],
+)
+def test_matryoshka_training_is_read_from_the_models_declarations(
+    tmp_path: Path, config: dict[str, Any], readme: str | None, declared: bool
+) -> None:
+    folder = make_model(tmp_path / "m", config={"architectures": ["BertModel"], **config})
+    if readme is not None:
+        (folder / "README.md").write_text(readme)
+    found = describe_folder("m", folder)
+    assert found is not None
+    assert found.matryoshka is declared
+
+
+def test_chat_models_never_declare_matryoshka(tmp_path: Path) -> None:
+    folder = make_model(tmp_path / "m", config={"matryoshka_dimensions": [64]})
+    found = describe_folder("m", folder)
+    assert found is not None
+    assert (found.model_type, found.matryoshka, found.unsupported) == ("chat", False, None)
+
+
 @pytest.mark.parametrize(
     "config", [{"auto_map": {"AutoModel": "modeling.Foo"}}, {"model_file": "custom.py"}]
 )

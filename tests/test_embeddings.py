@@ -6,6 +6,8 @@ say about it; an embedding job and a chat stream on the same engine thread."""
 from __future__ import annotations
 
 import base64
+import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,13 +21,40 @@ from conftest import running_daemon
 from embedref import CAT, KITTEN, STOCKS, reference_embedding
 
 MINILM = "all-MiniLM-L6-v2"
+#: MiniLM's files under a model card that declares Matryoshka training, as sentence-transformers
+#: writes it (the tag alone; the weights are MiniLM's, so its prefixes are not trained ones)
+MRL = "minilm-matryoshka"
+#: MiniLM's files as a NomicBERT checkpoint would name itself: an architecture not run here
+NOMIC = "nomic-like"
+CARD = "---\nlibrary_name: sentence-transformers\ntags:\n- loss:MatryoshkaLoss\n---\n# card\n"
+
+
+def variant(source: Path, target: Path, *, config: dict[str, Any], readme: str = "") -> Path:
+    """`source`'s files (its weights linked, not copied) with config.json keys replaced."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("*.safetensors"))
+    (target / "model.safetensors").symlink_to(source / "model.safetensors")
+    merged = json.loads((source / "config.json").read_text()) | config
+    (target / "config.json").write_text(json.dumps(merged))
+    if readme:
+        (target / "README.md").write_text(readme)
+    return target
 
 
 @pytest.fixture(scope="module")
-def daemon(tiny_models: Path, embedding_model: Path) -> Iterator[tuple[str, Any]]:
+def daemon(
+    tiny_models: Path, embedding_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Any]]:
+    root = tmp_path_factory.mktemp("variants")
+    mrl = variant(embedding_model, root / MRL, config={}, readme=CARD)
+    nomic = variant(
+        embedding_model,
+        root / NOMIC,
+        config={"architectures": ["NomicBertModel"], "model_type": "nomic_bert"},
+    )
     config = (
         f"hf_cache: false\nmodel_dirs: [{tiny_models}]\n"
         f"models:\n  {MINILM}: {{path: {embedding_model}}}\n"
+        f"  {MRL}: {{path: {mrl}}}\n  {NOMIC}: {{path: {nomic}}}\n"
     )
     with running_daemon(config) as served:
         yield served
@@ -162,3 +191,64 @@ def test_least_recently_used_eviction_across_types(
     chat("tiny-b")
     chat("tiny-a")  # the embedding model is now the least recently used
     assert loaded() == {"tiny-a": "chat", "tiny-b": "chat"}
+
+
+def test_dimensions_shorten_only_a_matryoshka_models_vectors(
+    daemon: tuple[str, Any], client: openai.OpenAI, http: httpx.Client
+) -> None:
+    """A model whose card declares Matryoshka training gives the first `dimensions` of its
+    vector, normalised again, on both surfaces; any other model answers 400 naming
+    `dimensions` in its surface's error shape, unless it asks for the model's own length."""
+    full = client.embeddings.create(model=MRL, input=[CAT, KITTEN], encoding_format="float")
+    whole = np.array([d.embedding for d in full.data])
+    expected = whole[:, :128] / np.linalg.norm(whole[:, :128], axis=1, keepdims=True)
+    short = client.embeddings.create(model=MRL, input=[CAT, KITTEN], dimensions=128)
+    vectors = np.array([d.embedding for d in short.data])
+    assert vectors.shape == (2, 128)
+    assert np.abs(vectors - expected).max() < 1e-5
+    with ollama.Client(host=daemon[0], timeout=120) as sdk:
+        shown = sdk.embed(model=MRL, input=CAT, dimensions=128)
+    assert np.abs(np.array(shown.embeddings[0]) - expected[0]).max() < 1e-5
+
+    own = client.embeddings.create(model=MINILM, input=CAT, dimensions=384)
+    assert len(own.data[0].embedding) == 384
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.embeddings.create(model=MINILM, input=CAT, dimensions=128)
+    assert refused.value.body["param"] == "dimensions"  # type: ignore[index]
+    for model, dimensions in ((MRL, 0), (MRL, 385)):
+        answer = http.post(
+            "/v1/embeddings", json={"model": model, "input": CAT, "dimensions": dimensions}
+        )
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["param"] == "dimensions"
+    ollama_refused = http.post(
+        "/api/embed", json={"model": MINILM, "input": CAT, "dimensions": 128}
+    )
+    assert ollama_refused.status_code == 400
+    assert "`dimensions`" in ollama_refused.json()["error"]
+
+
+def test_an_encoder_architecture_not_run_here_is_listed_unavailable(
+    daemon: tuple[str, Any], client: openai.OpenAI, http: httpx.Client
+) -> None:
+    """Listed with `available: false`; a request to it is a 400 saying why, on each surface,
+    and the daemon goes on serving."""
+    cards = {c["id"]: c for c in http.get("/v1/models").json()["data"]}
+    assert (cards[NOMIC]["type"], cards[NOMIC]["available"]) == ("embedding", False)
+    assert cards[MINILM]["available"] is True
+    assert (cards[MRL]["matryoshka"], cards[MINILM]["matryoshka"]) == (True, False)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.embeddings.create(model=NOMIC, input=CAT)
+    error = refused.value.body
+    assert isinstance(error, dict)
+    assert error["code"] == "model_not_supported"
+    assert "NomicBertModel" in error["message"]
+    with (
+        ollama.Client(host=daemon[0], timeout=120) as sdk,
+        pytest.raises(ollama.ResponseError) as ollama_refused,
+    ):
+        sdk.embed(model=NOMIC, input=CAT)
+    assert ollama_refused.value.status_code == 400
+    assert "NomicBertModel" in ollama_refused.value.error
+    assert NOMIC not in {e["id"] for e in http.get("/admin/pool").json()["entries"]}
+    assert len(client.embeddings.create(model=MINILM, input=CAT).data) == 1

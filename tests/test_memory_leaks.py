@@ -81,6 +81,23 @@ async def test_load_and_unload_cycles_leave_no_random_chain(engine: Engine, mode
     assert await engine.call(random_state_graph) == 0
 
 
+async def test_embedding_load_cycles_leave_no_random_chain_and_give_memory_back(
+    engine: Engine, embedding_model: Path
+) -> None:
+    """Embedding models take the chat models' load path (`PendingLoads`): the encoder's
+    parameter draws are settled, and an unload gives its weights back to MLX."""
+    assert await engine.call(random_state_graph) == 0
+    await engine.load(LoadSpec("minilm", embedding_model, embedding=True))
+    await engine.unload("minilm")
+    before = engine.active_memory()
+    for _ in range(CYCLES):
+        info = await engine.load(LoadSpec("minilm", embedding_model, embedding=True))
+        assert info.nbytes > 80 * MiB  # MiniLM's 90 MB of float32 weights, read
+        await engine.unload("minilm")
+    assert await engine.call(random_state_graph) == 0
+    assert engine.active_memory() - before < 1 * MiB
+
+
 async def test_adapter_loads_leave_no_random_chain(engine: Engine, models: Path) -> None:
     """Both ways an adapter loads: onto its loaded base (its LoRA layers drawn), and as a
     model of its own (base and LoRA layers drawn)."""

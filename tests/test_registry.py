@@ -163,3 +163,33 @@ models:
         "embedding",
         ["embeddings"],
     )
+
+
+def test_matryoshka_key_overrides_the_folders_declaration(model_dir: Path) -> None:
+    """`matryoshka: true` on an embedding model its files do not declare, `false` over a
+    declaration; a chat model's entry ignores it."""
+    (model_dir / "org" / "tiny-b" / "README.md").write_text(
+        "---\ntags: [loss:MatryoshkaLoss]\n---\n"
+    )
+    config = parse_config(
+        f"""
+hf_cache: false
+model_dirs: [{model_dir}]
+models:
+  tiny-a: {{type: embedding, matryoshka: true}}
+  org/tiny-b: {{type: embedding, matryoshka: false}}
+  tiny-c: {{path: {model_dir / "tiny-a"}, matryoshka: true}}
+"""
+    )
+    registry = build_registry(config)
+    declared = build_registry(
+        parse_config(
+            f"hf_cache: false\nmodels:\n  b: {{path: {model_dir / 'org' / 'tiny-b'}, "
+            "type: embedding}"
+        )
+    )
+    assert declared.resolve("b").found.matryoshka is True
+    assert registry.resolve("tiny-a").found.matryoshka is True
+    assert registry.resolve("org/tiny-b").found.matryoshka is False
+    assert registry.resolve("tiny-c").found.model_type == "chat"
+    assert registry.resolve("tiny-c").found.matryoshka is False

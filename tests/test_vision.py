@@ -381,10 +381,10 @@ def test_without_mlx_vlm_a_vision_model_is_listed_unavailable(
         assert cards["vlm"]["available"] is False and cards["text"]["available"] is True
         body = {"model": "vlm", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
         reply = client.post("/v1/chat/completions", json=body)
-        # the daemon's installation, not the request, is at fault: a load failure, before any
-        # load is tried
-        assert reply.status_code == 500
-        assert reply.json()["error"]["code"] == "model_load_failed"
+        # listed but not servable here, as an encoder architecture the engine cannot run: refused
+        # before any load is tried
+        assert reply.status_code == 400
+        assert reply.json()["error"]["code"] == "model_not_supported"
         assert "mlxrouter[vision]" in reply.json()["error"]["message"]
         assert client.get("/admin/pool").json()["entries"] == []
 

@@ -9,6 +9,7 @@ as floats or as base64 of little-endian float32 (what the openai SDK asks for by
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 from typing import Any, Literal
 
 import msgspec
@@ -100,18 +101,31 @@ def embedding_request(
     return EmbeddingRequest(inputs=inputs, truncate=truncate, param=param)
 
 
-def check_dimensions(daemon: Daemon, model: str | None, dimensions: int | None) -> None:
-    """`dimensions` other than the model's own is refused: no model we serve declares
-    Matryoshka training, so a shortened vector would not be a meaningful embedding."""
+def check_dimensions(daemon: Daemon, model: str | None, dimensions: int | None) -> int | None:
+    """The length to cut vectors to, or None for the model's own. Shorter vectors are given
+    only by a model trained for them (Matryoshka, as its files declare: `FoundModel`); cut
+    from any other, they would not be meaningful embeddings, so that is a 400."""
     if dimensions is None:
-        return
-    own = daemon.target(model, None).model.found.dimensions
-    if dimensions != own:
+        return None
+    found = daemon.target(model, None).model.found
+    own = found.dimensions
+    if found.model_type != "embedding" or dimensions == own:
+        return None  # another type is refused by the session, naming what it serves
+    if dimensions < 1:
+        raise InvalidRequestError(
+            f"`dimensions` must be a positive integer, not {dimensions}", param="dimensions"
+        )
+    if own is not None and dimensions > own:
+        raise InvalidRequestError(
+            f"`dimensions` {dimensions} is more than this model's {own}", param="dimensions"
+        )
+    if not found.matryoshka:
         raise InvalidRequestError(
             f"`dimensions` {dimensions} is not available: this model's vectors have {own} "
-            "and it does not support shortening them",
+            "and it was not trained to shorten them (no Matryoshka declaration)",
             param="dimensions",
         )
+    return dimensions
 
 
 def encoded(vector: np.ndarray, encoding: Literal["float", "base64"]) -> list[float] | str:
@@ -137,7 +151,7 @@ async def embeddings(
 ) -> EmbeddingList:
     daemon: Daemon = state.daemon
     job = embedding_request(data.input, limit=daemon.config.max_embedding_inputs)
-    check_dimensions(daemon, data.model, data.dimensions)
+    job = replace(job, dimensions=check_dimensions(daemon, data.model, data.dimensions))
     session = CompletionSession(
         daemon, "embeddings", model=data.model, adapters=None, keep_alive=None, serves="embedding"
     )

@@ -1,5 +1,7 @@
 """A BERT encoder on `mlx.nn`, for sentence-transformers embedding models (all-MiniLM-L6-v2,
-bge, e5, gte: plain BERT with absolute positions).
+bge, e5, gte: plain BERT with absolute positions), and RoBERTa / XLM-RoBERTa (multilingual-e5,
+bge-m3, paraphrase-multilingual): the same network, whose position ids start after the padding
+id (`padding_idx + 1`, as `create_position_ids_from_input_ids` counts them for real tokens).
 
 Our own rather than `mlx-embeddings`: that package is GPL-3.0 (mlxrouter is MIT, so it could only
 be an optional extra), and BERT is one embedding table and N identical post-norm layers, about
@@ -23,17 +25,30 @@ from mlx.nn.layers.embedding import Embedding
 from mlx.nn.layers.linear import Linear
 from mlx.nn.layers.normalization import LayerNorm
 
-__all__ = ["BertEncoder", "is_bert", "load_bert"]
+from ..discovery import PADDING_OFFSET_TYPES, RUNNABLE_ENCODERS
 
-#: config.json `model_type`s this encoder reads correctly (absolute positions, post-norm)
-BERT_TYPES = frozenset({"bert"})
+__all__ = ["BertEncoder", "is_encoder", "lazy_encoder"]
+
+#: checkpoint name prefixes of the bare encoder inside a task model (`BertForMaskedLM`)
+_PREFIXES = ("bert.", "roberta.")
+
+#: weights of heads the embedding does not use; position ids are implicit
+_UNUSED = ("pooler.", "cls.", "lm_head.")
 
 
-def is_bert(config: dict[str, Any]) -> bool:
+def is_encoder(config: dict[str, Any]) -> bool:
+    """An encoder this module runs (discovery's `RUNNABLE_ENCODERS`, absolute positions)."""
     return (
-        config.get("model_type") in BERT_TYPES
+        config.get("model_type") in RUNNABLE_ENCODERS
         and config.get("position_embedding_type", "absolute") == "absolute"
     )
+
+
+def position_offset(config: dict[str, Any]) -> int:
+    """The position id of the first token: 0 for BERT, `pad_token_id + 1` for (XLM-)RoBERTa."""
+    if config.get("model_type") in PADDING_OFFSET_TYPES:
+        return int(config.get("pad_token_id", 1)) + 1
+    return 0
 
 
 class _Embeddings(Module):
@@ -44,9 +59,11 @@ class _Embeddings(Module):
         self.position_embeddings = Embedding(config["max_position_embeddings"], hidden)
         self.token_type_embeddings = Embedding(config.get("type_vocab_size", 2), hidden)
         self.LayerNorm = LayerNorm(hidden, eps=config.get("layer_norm_eps", 1e-12))
+        self.offset = position_offset(config)
 
     def __call__(self, tokens: mx.array) -> mx.array:
-        positions = mx.arange(tokens.shape[1])
+        # Right padding: the real tokens' positions are the first ones, whatever the padding.
+        positions = mx.arange(self.offset, self.offset + tokens.shape[1])
         # One segment: every token has type 0, as sentence-transformers encodes single texts.
         x = (
             self.word_embeddings(tokens)
@@ -125,6 +142,8 @@ class BertEncoder(Module):
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
+        if config.get("hidden_act", "gelu") != "gelu":
+            raise ValueError(f"activation {config.get('hidden_act')!r} is not BERT's gelu")
         self.embeddings = _Embeddings(config)
         self.encoder = _Encoder(config)
 
@@ -137,20 +156,21 @@ class BertEncoder(Module):
         return x
 
 
-def load_bert(folder: Path, config: dict[str, Any]) -> BertEncoder:
-    """The encoder with the folder's weights (every safetensors file), evaluated."""
+def lazy_encoder(folder: Path, config: dict[str, Any]) -> BertEncoder:
+    """The encoder with the folder's weights (every safetensors file) mapped, checked against
+    the network's names and shapes, and not yet read: the engine reads them a slice per step
+    (`loading.PendingLoads`)."""
     model = BertEncoder(config)
     weights: dict[str, mx.array] = {}
     for file in sorted(folder.glob("*.safetensors")):
-        loaded: Any = mx.load(str(file))
+        loaded: Any = mx.load(str(file))  # lazy: nothing is read until evaluated
         weights.update(loaded)
     kept = {}
     for full_name, value in weights.items():
-        name = full_name.removeprefix("bert.")
-        if name.startswith(("pooler.", "cls.")) or name.endswith("position_ids"):
-            continue  # the pooler and MLM heads are not used; position ids are implicit
+        name = next((full_name[len(p) :] for p in _PREFIXES if full_name.startswith(p)), full_name)
+        if name.startswith(_UNUSED) or name.endswith("position_ids"):
+            continue
         kept[name] = value
     model.load_weights(list(kept.items()), strict=True)
     model.eval()
-    mx.eval(model.parameters())  # type: ignore[no-untyped-call]
     return model

@@ -33,7 +33,7 @@ from ..errors import EngineError, ModelLoadError
 from .admission import Prepared, prepare
 from .bridge import Command, GenerationStream, Outbox, reject, resolve
 from .disk_cache import DiskCache
-from .embedding import Embedders
+from .embedding import Embedders, lazy_embedder
 from .loading import (
     LOAD_SLICE_BYTES,
     MemoryWatch,
@@ -41,6 +41,7 @@ from .loading import (
     PendingLoads,
     adapter_on_base,
     free_memory,
+    load_failed,
 )
 from .output import SequenceOutput
 from .prefix import CacheCounts, Prefills, PrefixCache
@@ -298,7 +299,8 @@ class Engine:
                 loaded.vision.start_next(loaded)
             if loaded.solos:
                 step_solos(loaded.solos, loaded.spec.key)
-        self._embedders.step(self._stream)
+        sharing = any(loaded.busy for loaded in self._models.values())
+        self._embedders.step(self._stream, sharing=sharing)
 
     def _drain_commands(self, *, block: bool) -> None:
         """Run the queued commands. `block` (the engine is idle): wait for the first, then
@@ -338,8 +340,9 @@ class Engine:
         if spec.key in self._models:
             resolve(loaded, self._models[spec.key].info)
             return
-        if spec.embedding:
-            resolve(loaded, self._embedders.load(spec))
+        embedder = self._embedders.info(spec.key)
+        if embedder is not None:
+            resolve(loaded, embedder)
             return
         if spec.vision:  # read at once, as mlx-vlm loads it (see `vision`)
             from .vision import load_vision
@@ -362,14 +365,23 @@ class Engine:
             self._loads.tokenizers.share(base.tokenizer)  # released when the adapter unloads
             resolve(loaded, self._register(spec, model, base.tokenizer, nbytes, started))
             return
-        self._loads.start(spec, loaded)
+        self._loads.start(spec, loaded, lazy_embedder if spec.embedding else None)
 
     def _advance_loads(self) -> None:
         """Read one slice of weights, then register every load that is complete."""
         for pending, tokenizer in self._loads.advance(self.load_slice_bytes):
-            info = self._register(
-                pending.spec, pending.model, tokenizer, pending.nbytes, pending.started
-            )
+            register = self._embedders.register if pending.spec.embedding else self._register
+            try:
+                info = register(
+                    pending.spec, pending.model, tokenizer, pending.nbytes, pending.started
+                )
+            except Exception as exc:  # noqa: BLE001 - a model's odd files fail its load only
+                self._loads.tokenizers.release(tokenizer)
+                failed = load_failed(pending.spec, exc)
+                for future in pending.waiters:
+                    reject(future, failed)
+                free_memory()
+                continue
             self.mlx_memory.publish()
             for future in pending.waiters:
                 resolve(future, info)
@@ -406,7 +418,9 @@ class Engine:
     def _unload(self, key: str) -> None:
         self._loads.abandon(key, ModelLoadError(f"The model `{key}` was unloaded"))
         if key in self._embedders:
-            self._embedders.unload(key, EngineError(f"The model `{key}` was unloaded"))
+            tokenizer = self._embedders.unload(key, EngineError(f"The model `{key}` was unloaded"))
+            self._loads.tokenizers.release(tokenizer)
+            del tokenizer
             free_memory()
         loaded = self._models.pop(key, None)
         if loaded is None:

@@ -87,10 +87,16 @@ class PendingLoads:
                 return True
         return False
 
-    def start(self, spec: LoadSpec, loaded: asyncio.Future[ModelInfo]) -> None:
-        """Build the model with lazily mapped weights and start its tokenizer; the weights are
-        then read a slice per `advance` and `loaded` settles at the end. Raises
-        `ModelLoadError` when the model cannot even be built."""
+    def start(
+        self,
+        spec: LoadSpec,
+        loaded: asyncio.Future[ModelInfo],
+        build: Callable[[LoadSpec], Any] | None = None,
+    ) -> None:
+        """Build the model with lazily mapped weights (`build`, by default mlx_lm's model with
+        its adapter) and start its tokenizer; the weights are then read a slice per `advance`
+        and `loaded` settles at the end. Raises `ModelLoadError` when the model cannot even be
+        built."""
         started = time.perf_counter()
         shelved: Any = None
         try:
@@ -113,12 +119,7 @@ class PendingLoads:
                     eos_token_ids=eos_token_ids,
                 )
                 tokenizer.add_done_callback(lambda _: self._wake())
-            model, _ = load_model(
-                spec.model_path, lazy=True, trust_remote_code=spec.trust_remote_code
-            )
-            if spec.adapter_path is not None:
-                model = load_adapters(model, str(spec.adapter_path))
-                model.eval()
+            model = (build or lazy_model)(spec)
             settle_random_state()
         except Exception as exc:  # noqa: BLE001 - any load failure is this model's, not ours
             if shelved is not None:
@@ -192,6 +193,15 @@ class PendingLoads:
         pending.tokenizer.cancel()
         _fail_waiters(pending, error)
         free_memory()
+
+
+def lazy_model(spec: LoadSpec) -> Any:
+    """mlx_lm's model for `spec` (and its adapter), its weights mapped but not yet read."""
+    model, _ = load_model(spec.model_path, lazy=True, trust_remote_code=spec.trust_remote_code)
+    if spec.adapter_path is not None:
+        model = load_adapters(model, str(spec.adapter_path))
+        model.eval()
+    return model
 
 
 def adapter_on_base(

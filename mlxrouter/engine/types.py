@@ -197,6 +197,8 @@ class EmbeddingRequest:
     truncate: bool = False
     #: the surface's name for the inputs, in errors naming one (`input`, `prompt`)
     param: str = "input"
+    #: a Matryoshka model's vectors cut to this length and normalised again (None: whole)
+    dimensions: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

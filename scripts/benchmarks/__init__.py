@@ -2,7 +2,9 @@
 
     scripts/bench [--quick | --full] [--only a,b,...] [--no-write] [--doc PATH]
 
-The default run takes about 6-7 minutes on 2 CPU cores, --quick about 2-3, --full about 20.
+The default run takes about 6-7 minutes on 2 CPU cores, --quick about 2-3, --full about 20,
+and figure i adds far more on a CPU, where MLX embeds MiniLM at a few texts per second (--quick
+embeds 100 and indexes 300 texts instead of 1,000 and 5,000).
 
 One invocation starts `python -m mlx_lm.server` and `python -m mlxrouter serve` (a temporary
 config, data, log and HF cache folder each) on loopback, drives both with the same requests
@@ -18,17 +20,20 @@ docs/BENCHMARKS.md. Timings are reported, never asserted.
   g  idle RSS, and peak RSS against pool.max_memory under a switching workload
   s  per-token cost of each API surface (Anthropic, Responses, Ollama) against the chat path
   h  per-token cost through one upstream hop (`upstreams:`) against asking directly
+  i  embeddings: texts/s for 1,000 short texts vs mlx-embeddings in-process (if installed),
+     and a chat stream's time per token while an indexing job of 5,000 texts runs
   v  vision: time to first token for a 512 x 512 image prompt against mlx-vlm in process, and
      a second turn about the same image with and without the prompt cache
   +  "where one request's time goes": a profile of the daemon's request path outside MLX
 
-Models: the real SmolLM2-135M-Instruct (a, f, s, h, profile) and random-weight llama models of about
-1B parameters, 4-bit (b, c, e, g: load cost matters there, as it does for 4-8B models), built
-once into .cache/bench/; a random-weight Qwen2-VL (v), built once there by the tests' builder.
+Models: the real SmolLM2-135M-Instruct (a, f, s, h, i, profile), the real all-MiniLM-L6-v2
+(i), random-weight llama models of about 1B parameters, 4-bit (b, c, e, g: load cost
+matters there, as it does for 4-8B models), built once into .cache/bench/, and a random-weight
+Qwen2-VL (v), built once there by the tests' builder.
 """
 
 # Layout: __main__ (flags, run, print, write), suite (the Bench run: servers, figures in order),
 # harness (server processes), models (building and caching the models), measure (timed
 # requests), machine (CPU, memory, page cache, RSS), common (modes, figures, formatting),
-# report (docs/BENCHMARKS.md), and one module per figure: fig_a ... fig_h, fig_s, fig_v,
+# report (docs/BENCHMARKS.md), and one module per figure: fig_a ... fig_i, fig_s, fig_v,
 # fig_profile.

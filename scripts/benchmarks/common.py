@@ -53,6 +53,9 @@ class Mode:
     switch_variants: tuple[str, ...] = ("distinct", "warm")
     surface_reps: int = 5  # rounds of one streamed request per API surface (figure s)
     surface_tokens: int = 32
+    embed_texts: int = 1000  # short texts embedded per round (figure i)
+    index_texts: int = 5000  # the indexing job beside a chat stream (figure i)
+    embed_reps: int = 2
 
 
 MODES = {
@@ -74,6 +77,10 @@ MODES = {
         switch_variants=("distinct",),
         surface_reps=1,
         surface_tokens=16,
+        # a smoke run: a CPU embeds MiniLM at a few texts per second
+        embed_texts=100,
+        index_texts=300,
+        embed_reps=1,
     ),
     "default": Mode(
         name="default",
@@ -110,6 +117,7 @@ MODES = {
         a_server=True,
         surface_reps=7,
         surface_tokens=64,
+        embed_reps=3,
     ),
 }
 

@@ -20,6 +20,7 @@ from . import (
     fig_f,
     fig_g,
     fig_h,
+    fig_i,
     fig_p,
     fig_profile,
     fig_s,
@@ -202,6 +203,7 @@ class Bench:
         self.stop_all()
         self.run_figure(fig_s)
         self.run_figure(fig_h)
+        self.run_figure(fig_i)
         self.run_figure(fig_v)
         if self.wanted("profile"):
             print("== profile of one request's path", file=sys.stderr, flush=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
@@ -141,7 +142,7 @@ async def embed(
     job = embedding_request(
         data.input, limit=daemon.config.max_embedding_inputs, truncate=data.truncate
     )
-    check_dimensions(daemon, model, data.dimensions)
+    job = replace(job, dimensions=check_dimensions(daemon, model, data.dimensions))
     vectors, session = await _embed(request, daemon, model, data.keep_alive, job)
     end = time.perf_counter()
     leased = session.record.leased_at or end
