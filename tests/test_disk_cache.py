@@ -176,3 +176,26 @@ def test_lru_victims_are_the_least_recently_used() -> None:
     assert lru_victims(rows, 10) == ["old"]
     assert lru_victims(rows, 4) == ["old", "mid", "new"]
     assert lru_victims(rows, 15) == []
+
+
+def test_lru_victims_keep_at_most_max_files() -> None:
+    rows = [("old", 5, 1.0), ("new", 5, 3.0), ("mid", 5, 2.0)]
+    assert lru_victims(rows, 100, max_files=2) == ["old"]
+    assert lru_victims(rows, 100, max_files=0) == ["old", "mid", "new"]
+    assert lru_victims(rows, 100, max_files=3) == []
+
+
+def test_the_number_of_files_is_bounded_least_recently_used_first(tmp_path: Path) -> None:
+    """The index costs memory per file, so a big byte budget of small files is capped in
+    files too: the oldest go, the newest stay findable (also after a restart)."""
+    disk = DiskCache(tmp_path, 10**9, max_files=3)
+    prompts = [[i, *range(20)] for i in range(5)]
+    for i, tokens in enumerate(prompts):
+        assert disk.store("m", "f", "", tokens, kv_cache(len(tokens), seed=i))
+    assert len(files(tmp_path)) == 3
+    again = DiskCache(tmp_path, 10**9, max_files=3)
+    for tokens in prompts[:2]:
+        assert again.find("m", "f", "", [*tokens, 1], better_than=0) is None
+    for tokens in prompts[2:]:
+        found = again.find("m", "f", "", [*tokens, 1], better_than=0)
+        assert found is not None and found[0] == tokens

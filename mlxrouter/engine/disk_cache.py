@@ -25,6 +25,7 @@ import os
 import re
 import struct
 import time
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,30 +38,40 @@ log = logging.getLogger(__name__)
 
 SUFFIX = ".safetensors"
 
+# The index keeps each file's entry in memory for the daemon's life (~0.6 KB plus 4 bytes a
+# token), so the number of files is bounded too: a small model's caches are small files, and a
+# byte budget of gigabytes alone would let the index grow by hundreds of MB.
+MAX_FILES = 4096
+
 
 @dataclass(slots=True)
 class DiskEntry:
-    """One cache file: which model (id, fingerprint), kind and tokens it covers."""
+    """One cache file: which model (id, fingerprint), kind and tokens it covers. The index
+    keeps one per file for the daemon's life, so its tokens are packed (4 bytes a token, not
+    a tuple of int objects: ~9x less for a cache of many short prompts)."""
 
     path: Path
     model: str
     fingerprint: str
     kind: str
-    tokens: tuple[int, ...]
+    tokens: array[int]
     nbytes: int
     used: float  # last write or read (the file's mtime), for LRU
 
 
-def lru_victims(entries: list[tuple[str, int, float]], budget: int) -> list[str]:
+def lru_victims(
+    entries: list[tuple[str, int, float]], budget: int, max_files: int | None = None
+) -> list[str]:
     """Which of `(name, nbytes, last used)` go, least recently used first, so the rest fit
-    `budget` (pure)."""
-    total = sum(nbytes for _, nbytes, _ in entries)
+    `budget` bytes and number at most `max_files` (pure)."""
+    total, count = sum(nbytes for _, nbytes, _ in entries), len(entries)
     victims = []
     for name, nbytes, _ in sorted(entries, key=lambda e: e[2]):
-        if total <= budget:
+        if total <= budget and (max_files is None or count <= max_files):
             break
         victims.append(name)
         total -= nbytes
+        count -= 1
     return victims
 
 
@@ -84,7 +95,7 @@ def read_entry(path: Path) -> DiskEntry | None:
             str(meta["model"]),
             str(meta["fingerprint"]),
             str(meta["kind"]),
-            tuple(int(t) for t in meta["tokens"]),
+            array("i", (int(t) for t in meta["tokens"])),
             stat.st_size,
             stat.st_mtime,
         )
@@ -106,9 +117,10 @@ def _file_name(kind: str, tokens: tuple[int, ...]) -> str:
 class DiskCache:
     """The prompt caches under `folder`, within `budget` bytes (0: off)."""
 
-    def __init__(self, folder: Path, budget: int) -> None:
+    def __init__(self, folder: Path, budget: int, max_files: int = MAX_FILES) -> None:
         self.folder = folder
         self.budget = budget
+        self.max_files = max_files
         self._entries: dict[Path, DiskEntry] | None = None  # read at the first use
         #: bytes of the files (any thread may read it: /metrics)
         self.nbytes = 0
@@ -137,10 +149,12 @@ class DiskCache:
             self._fit(0)
 
     def _fit(self, incoming: int) -> None:
-        """Remove least recently used files until `incoming` more bytes fit the budget."""
+        """Remove least recently used files until a file of `incoming` more bytes (none when
+        0) fits the budget and the number of files."""
         index = self._entries or {}
         rows = [(str(p), e.nbytes, e.used) for p, e in index.items()]
-        for name in lru_victims(rows, max(0, self.budget - incoming)):
+        room = max(0, self.max_files - (1 if incoming else 0))
+        for name in lru_victims(rows, max(0, self.budget - incoming), room):
             self._drop(Path(name))
 
     def _add(self, entry: DiskEntry) -> None:
