@@ -1,8 +1,9 @@
 """Tokenizers kept across loads of the same model files.
 
-tokenizers 0.23 keeps about 0.9 KB for the life of the process from every `Tokenizer` instance
-that has encoded once (0.22 did not; docs/UPSTREAM-tokenizers-instance-leak.md), so a daemon
-that reloads models all day would grow with every load. Reusing the instance that a folder's
+tokenizers 0.23 keeps, for the life of the process, about 0.9 KB of every `Tokenizer` instance
+that has encoded once, and its whole BPE word cache (up to a few MB) once it has encoded varied
+text (0.22 did not; docs/UPSTREAM-tokenizers-instance-leak.md), so a daemon that reloads models
+all day would grow with every load. Reusing the instance that a folder's
 files already produced avoids that, and skips the tokenizer's load time on a reload.
 
 The shelf holds the tokenizers of the entries loaded now (no extra memory: they are in use)
