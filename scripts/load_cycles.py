@@ -56,6 +56,8 @@ def main() -> int:
             "MLXROUTER_DATA_DIR": str(root / "data"),
             "MLXROUTER_CONFIG_DIR": str(root / "cfg"),
             "MLXROUTER_LOG_DIR": str(root / "logs"),
+            # its own prompt caches on disk, not the user's (nor an earlier run's)
+            "MLXROUTER_CACHE_DIR": str(root / "cache"),
             "HF_HUB_OFFLINE": "1",
             "PYTHONPATH": str(args.source.resolve()),
         }

@@ -197,6 +197,8 @@ def main() -> int:
             "MLXROUTER_DATA_DIR": str(root / "data"),
             "MLXROUTER_CONFIG_DIR": str(root / "cfg"),
             "MLXROUTER_LOG_DIR": str(root / "logs"),
+            # its own prompt caches on disk, not the user's (nor an earlier run's)
+            "MLXROUTER_CACHE_DIR": str(root / "cache"),
             "HF_HUB_OFFLINE": "1",
         }
         # Port 0: the daemon binds a free port and its ready line on stdout says which.
