@@ -19,9 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Tokenizers of unloaded models kept for their next load: a few, as each holds its vocabulary
-# (about 14 MB for a 49k-token vocabulary) outside the pool's byte budget.
-KEEP_RELEASED = 2
+# Tokenizers of unloaded models kept for their next load. Each holds its vocabulary (about
+# 14 MB for a 49k-token vocabulary) outside the pool's byte budget, but dropping one that has
+# encoded loses its whole word cache for good (tokenizers 0.23), and a config edit can unload
+# every entry at once: with 2 kept, three models in a pool of two grew 0.86 KB a request in the
+# soak's mix, with 8 kept 0.38 KB (docs/MEMORY.md).
+KEEP_RELEASED = 8
 
 # Files that are weights, not tokenizer or template: their changes do not touch the tokenizer.
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".npz", ".pt", ".pth")
