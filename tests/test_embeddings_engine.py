@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +170,35 @@ async def test_embedding_models_take_their_tokenizers_from_the_shelf(
     assert await engine.call(lambda: len(engine._loads.tokenizers)) == 1
 
 
+@contextlib.asynccontextmanager
+async def chat_tokens(engine: Engine, model: str) -> AsyncIterator[Callable[[], int]]:
+    """An endless greedy chat stream on `model`, consumed beside the caller: yields a function
+    giving how many tokens it has streamed so far (once it has begun); cancelled at the end."""
+    endless = SamplingParams(temperature=0, logit_bias={2: -100})
+    stream = await engine.generate(
+        model, GenerationRequest(prompt="Hi", max_tokens=4000, sampling=endless)
+    )
+    tokens = 0
+    streaming = asyncio.Event()
+
+    async def consume() -> None:
+        nonlocal tokens
+        async for event in stream:
+            if isinstance(event, Chunk):
+                tokens += 1
+                streaming.set()
+
+    consumer = asyncio.create_task(consume())
+    try:
+        await streaming.wait()
+        yield lambda: tokens
+    finally:
+        stream.cancel()
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
+
+
 async def test_a_chat_stream_keeps_flowing_while_an_embedding_model_loads(
     embedding_model: Path, tmp_path: Path
 ) -> None:
@@ -180,29 +209,10 @@ async def test_a_chat_stream_keeps_flowing_while_an_embedding_model_loads(
         await engine.load(
             LoadSpec("chat", make_tiny_model(tmp_path / "chat", seed=1, context=8192))
         )
-        endless = SamplingParams(temperature=0, logit_bias={2: -100})
-        stream = await engine.generate(
-            "chat", GenerationRequest(prompt="Hi", max_tokens=4000, sampling=endless)
-        )
-        tokens = 0
-        streaming = asyncio.Event()
-
-        async def consume() -> None:
-            nonlocal tokens
-            async for event in stream:
-                if isinstance(event, Chunk):
-                    tokens += 1
-                    streaming.set()
-
-        consumer = asyncio.create_task(consume())
-        await streaming.wait()
-        before = tokens
-        await engine.load(LoadSpec("minilm", embedding_model, embedding=True))
-        during = tokens - before
-        stream.cancel()
-        consumer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await consumer
+        async with chat_tokens(engine, "chat") as count:
+            before = count()
+            await engine.load(LoadSpec("minilm", embedding_model, embedding=True))
+            during = count() - before
         # MiniLM has 101 weight arrays: about one chat token per array read.
         assert during >= 50, f"{during} tokens while the embedding model loaded"
         assert (await embed(engine, "minilm", CAT)).shape == (1, 384)
@@ -239,31 +249,10 @@ async def test_a_chat_stream_keeps_flowing_through_an_indexing_job(
     await engine.load(LoadSpec("chat", make_tiny_model(tmp_path / "chat", seed=1, context=8192)))
     await engine.load(LoadSpec("minilm", embedding_model, embedding=True))
     await embed(engine, "minilm", CAT)  # measured alone: a full-size batch's pace
-    endless = SamplingParams(temperature=0, logit_bias={2: -100})
-    stream = await engine.generate(
-        "chat", GenerationRequest(prompt="Hi", max_tokens=4000, sampling=endless)
-    )
-    tokens = 0
-    streaming = asyncio.Event()
-
-    async def consume() -> None:
-        nonlocal tokens
-        async for event in stream:
-            if isinstance(event, Chunk):
-                tokens += 1
-                streaming.set()
-
-    consumer = asyncio.create_task(consume())
-    try:
-        await streaming.wait()
+    async with chat_tokens(engine, "chat") as count:
         texts = [f"document {i} " + "word " * (i % 5) for i in range(16)]
-        before = tokens
+        before = count()
         vectors = await embed(engine, "minilm", *texts)
-        during = tokens - before
-    finally:
-        stream.cancel()
-        consumer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await consumer
+        during = count() - before
     assert vectors.shape == (16, 384)
     assert during >= 8, f"{during} chat tokens while 16 texts were embedded"
