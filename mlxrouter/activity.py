@@ -104,7 +104,7 @@ class Activity:
 
     def publish(self, name: str, data: object) -> None:
         """Offer an event to every subscriber; never blocks, never logs (the log feeds it)."""
-        if not self._subscribers:
+        if not self._subscribers or self._closed:
             return
         event = encode(name, data)
         for subscriber in self._subscribers:
@@ -161,6 +161,8 @@ class LogFeed(logging.Handler):
         self._loop_thread = threading.get_ident()
 
     def emit(self, record: logging.LogRecord) -> None:
+        if not self._activity.subscribers:  # nobody listens: no formatting, no loop wake-up
+            return
         try:
             data = {
                 "time": round(record.created, 3),

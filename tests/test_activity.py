@@ -15,9 +15,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import running_daemon, spawned_daemon, wait_until
+from conftest import running_daemon, spawned_daemon, wait_until, watched_daemon
 
 from mlxrouter.activity import Activity
+from mlxrouter.api.access import surface_of
 
 Event = tuple[str, dict[str, Any]]
 
@@ -98,6 +99,29 @@ def test_the_ring_keeps_ui_history_requests(tiny_models: Path) -> None:
         ids = [r["id"] for r in http.get("/admin/activity").json()["requests"]]
         assert len(ids) == 2
         assert ids == sorted(ids)
+
+
+def test_ui_history_and_ui_follow_live_edits(tiny_models: Path, tmp_path: Path) -> None:
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(config(tiny_models, "ui: {history: 3}\n"))
+    with (
+        watched_daemon(config_file) as (url, _),
+        httpx.Client(base_url=url, timeout=60) as http,
+    ):
+
+        def ring() -> list[dict[str, Any]]:
+            answer = http.get("/admin/activity")
+            return list(answer.json()["requests"]) if answer.status_code == 200 else []
+
+        for _ in range(3):
+            http.post("/v1/completions", json={"model": "tiny-a", "prompt": "Hi", "max_tokens": 1})
+        assert len(ring()) == 3
+        config_file.write_text(config(tiny_models, "ui: {history: 1}\n"))
+        wait_until(lambda: len(ring()) == 1, timeout=30, what="the ring to shrink")
+        config_file.write_text(config(tiny_models, "ui: false\n"))
+        wait_until(
+            lambda: http.get("/admin/activity").status_code == 404, timeout=30, what="ui off"
+        )
 
 
 def test_admin_load_and_unload_emit_pool_events(tiny_models: Path) -> None:
@@ -228,3 +252,42 @@ def test_routes_are_in_the_schema(tiny_models: Path, path: str) -> None:
     with running_daemon(config(tiny_models)) as (url, _):
         schema = httpx.get(url + "/schema/openapi.json", timeout=60).json()
         assert "get" in schema["paths"][path]
+
+
+def test_a_streamed_answer_is_recorded_with_its_tokens(tiny_models: Path) -> None:
+    with (
+        running_daemon(config(tiny_models)) as (url, _),
+        httpx.Client(base_url=url, timeout=60) as http,
+        openai.OpenAI(base_url=url + "/v1", api_key="none") as client,
+    ):
+        stream = client.chat.completions.create(
+            model="tiny-b",
+            messages=[{"role": "user", "content": "Hi"}],
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        with stream:
+            usage = [chunk.usage for chunk in stream if chunk.usage is not None][-1]
+        wait_until(lambda: bool(http.get("/admin/activity").json()["requests"]), what="a record")
+        (record,) = http.get("/admin/activity").json()["requests"]
+        assert (record["surface"], record["kind"], record["status"]) == ("openai", "chat", 200)
+        assert record["completion_tokens"] == usage.completion_tokens == 4
+        assert record["prompt_tokens"] == usage.prompt_tokens
+        assert record["tokens_per_second"] > 0
+
+
+@pytest.mark.parametrize(
+    ("kind", "surface"),
+    [
+        ("chat", "openai"),
+        ("text", "openai"),
+        ("embeddings", "embeddings"),
+        ("responses", "responses"),
+        ("messages", "anthropic"),
+        ("ollama-chat", "ollama"),
+        ("ollama-embed", "ollama"),
+    ],
+)
+def test_each_kind_names_its_surface(kind: str, surface: str) -> None:
+    assert surface_of(kind) == surface
