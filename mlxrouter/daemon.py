@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
+from .activity import Activity, LogFeed
 from .config import Config, DistributedConfig, ModelSettings
 from .distributed import Groups, RoutedLoader
 from .engine import EmbeddingRequest, GenerationRequest, GenerationStream
@@ -132,6 +133,10 @@ class Daemon:
         self.groups = Groups()
         self.groups.configure(distributed_entries(self.local_registry))
         self.pool = Pool(RoutedLoader(self.engine, self.groups), pool_limits(config))
+        #: the dashboard's ring of requests and live feed (pool changes, requests, log lines)
+        self.activity = Activity(config.ui_config.history)
+        self.pool.listener = self.activity.pool_changed
+        self._log_feed: LogFeed | None = None
         self.metrics = Metrics(self.pool, self.engine.memory, self.engine.prompt_cache_figures)
         self.upstreams = Upstreams(self._upstreams_changed, self.metrics.upstreams)
         self.reloader = Reloader(config_path, overrides or {}, lambda: self.config, self.apply)
@@ -142,6 +147,8 @@ class Daemon:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._log_feed = LogFeed(self.activity, asyncio.get_running_loop())
+        logging.getLogger("mlxrouter").addHandler(self._log_feed)
         self._reaper = asyncio.create_task(self._reap_idle(), name="pool-reaper")
         if self._watch:
             self.reloader.start_watching()
@@ -154,6 +161,9 @@ class Daemon:
                     log.warning("preloading %s failed: %s", entry.id, exc)
 
     async def stop(self) -> None:
+        self.activity.close()
+        if self._log_feed is not None:
+            logging.getLogger("mlxrouter").removeHandler(self._log_feed)
         await self.reloader.stop()
         await self.upstreams.stop()
         if self._reaper is not None:
@@ -189,6 +199,7 @@ class Daemon:
         old = self.registry
         self.local_registry, self.config = registry, config
         self.groups.configure(distributed_entries(registry))
+        self.activity.resize(config.ui_config.history)
         await self.upstreams.apply(config.upstreams)
         self.registry = with_remote(registry, self.upstreams.entries())
         diff = diff_registries(old, self.registry)

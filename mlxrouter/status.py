@@ -237,3 +237,34 @@ class UnloadAnswer(msgspec.Struct, kw_only=True):
 
     unloaded: bool
     pool: PoolStatus
+
+
+class ActivityRecord(msgspec.Struct, kw_only=True):
+    """One finished request in the activity ring (`GET /admin/activity`, the `request.finished`
+    event). `prompt` is only set when `log_prompts` is on."""
+
+    #: the same as its `request.started` event's
+    id: int
+    time: float
+    surface: Literal["openai", "anthropic", "responses", "ollama", "embeddings"]
+    kind: str
+    model: str
+    status: int
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    #: seconds from the request's arrival to its first token; None when none came
+    ttft: float | None = None
+    #: completion tokens per second of generation; None when nothing was generated
+    tokens_per_second: float | None = None
+    latency: float
+    error: str | None = None
+    prompt: str | None = None
+
+
+class ActivityAnswer(msgspec.Struct, kw_only=True):
+    """The last requests, oldest first (at most `ui.history` of them)."""
+
+    requests: list[ActivityRecord]
+    #: events not delivered to `/admin/events` subscribers that fell behind, since start
+    dropped_events: int

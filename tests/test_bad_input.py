@@ -353,6 +353,9 @@ CASES: list[tuple[str, str, str, Any, int, str | None]] = [
     ("GET on a POST route", "GET", "/v1/completions", None, 405, None),
     ("admin load unknown", "POST", "/admin/load", {"model": "nope"}, 404, "model"),
     ("admin load missing field", "POST", "/admin/load", {}, 400, "model"),
+    ("POST on admin activity", "POST", "/admin/activity", {"x": 1}, 405, None),
+    ("DELETE on admin events", "DELETE", "/admin/events", None, 405, None),
+    ("admin activity with a path after it", "GET", "/admin/activity/../../etc", None, 404, None),
     # ---- Anthropic Messages: Anthropic's envelope ----
     ("messages: unknown model", "POST", "/v1/messages", message(model="nope"), 404, None),
     ("messages: no max_tokens", "POST", "/v1/messages", {"model": "tiny-a"}, 400, None),

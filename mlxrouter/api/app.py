@@ -21,6 +21,7 @@ from litestar.openapi import OpenAPIConfig
 from .. import __version__
 from ..config import Config
 from ..daemon import Daemon
+from .activity import ROUTES as ACTIVITY_ROUTES
 from .anthropic import ROUTES as ANTHROPIC_ROUTES
 from .embeddings import embeddings
 from .errors import EXCEPTION_HANDLERS
@@ -79,6 +80,7 @@ def create_app(
             *RESPONSES_ROUTES,
             *ANTHROPIC_ROUTES,
             *OLLAMA_ROUTES,
+            *ACTIVITY_ROUTES,
         ],
         middleware=[
             host_allowlist([*listening, *config.allowed_hosts]),
