@@ -55,7 +55,7 @@ def entry_overhead() -> int:
     from mlxrouter import config
 
     default = getattr(config.PoolConfig(), "prompt_cache_bytes", None)
-    return config.parse_bytes(default) if default is not None else 0
+    return int(default) if default is not None else 0
 
 
 def smollm() -> Path:
