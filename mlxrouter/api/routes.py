@@ -17,7 +17,7 @@ from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
-from litestar.response import Stream
+from litestar.response import Redirect, Stream
 from litestar.types import AnyCallable
 
 from .. import __version__
@@ -144,13 +144,17 @@ class ServerCard(msgspec.Struct, kw_only=True):
     version: str
 
 
-@get("/", include_in_schema=False)
-async def root() -> ServerCard:
-    """What answers here (agent CLIs probe `/` before anything else)."""
+@get("/", include_in_schema=False, opt={"exclude_from_csrf": True})
+async def root(request: Request[Any, Any, Any], state: State) -> ServerCard | Redirect:
+    """What answers here (agent CLIs probe `/` before anything else); a browser, which asks
+    for HTML, goes to the dashboard."""
+    wants_html = "text/html" in request.headers.get("accept", "")
+    if wants_html and _daemon(state).config.ui_config.enabled:
+        return Redirect("/ui", status_code=302)
     return ServerCard(version=__version__)
 
 
-@head("/", include_in_schema=False)
+@head("/", include_in_schema=False, opt={"exclude_from_csrf": True})
 async def root_head() -> None:
     return None
 
