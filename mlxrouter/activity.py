@@ -98,7 +98,9 @@ class Activity:
         return self._dropped_before + sum(s.dropped for s in self._subscribers)
 
     def answer(self) -> ActivityAnswer:
-        return ActivityAnswer(requests=list(self._ring), dropped_events=self.dropped)
+        return ActivityAnswer(
+            requests=list(self._ring), dropped_events=self.dropped, history=self.history
+        )
 
     # ---- publishing ----------------------------------------------------------------------------
 
@@ -163,12 +165,15 @@ class LogFeed(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if not self._activity.subscribers:  # nobody listens: no formatting, no loop wake-up
             return
+        # lines about one model carry it (`extra={"model": id}`): the access log's do
+        model = getattr(record, "model", None)
         try:
             data = {
                 "time": round(record.created, 3),
                 "level": record.levelname.lower(),
                 "logger": record.name,
                 "message": record.getMessage(),
+                "model": model if isinstance(model, str) else None,
             }
         except Exception:  # noqa: BLE001 - a bad format string must not break the caller
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import shutil
 import time
@@ -313,6 +314,7 @@ class Daemon:
             mlx_active_bytes=mlx.active_bytes,
             mlx_cache_bytes=mlx.cache_bytes,
             mlx_peak_bytes=mlx.peak_bytes,
+            machine_memory_bytes=physical_memory(),
         )
 
     def _worker_status(self, key: str) -> WorkerGroupStatus | None:
@@ -400,8 +402,10 @@ class Daemon:
 
     # ---- admin -------------------------------------------------------------------------------
 
-    async def load(self, model: str, adapter: str | None = None) -> Target:
-        """Load an entry now (admin); it stays until evicted or expired."""
+    async def load(self, model: str, adapter: str | None = None, pin: bool | None = None) -> Target:
+        """Load an entry now (admin); it stays until evicted or expired. `pin`: True keeps it
+        until it is unloaded or unpinned (as `keep_alive: -1` does), False gives it back its
+        lifetime (its `ttl`, else `pool.idle_ttl`); None leaves that as it is."""
         target = self.target(model, adapter)
         if target.model.remote is not None:
             raise InvalidRequestError(
@@ -410,7 +414,9 @@ class Daemon:
                 param="model",
             )
         check_loadable(target)
-        await self.pool.preload(target.lease_request())
+        await self.pool.preload(target.lease_request(keep_alive=math.inf if pin else None))
+        if pin is False:
+            self.pool.unpin(target.key)
         return target
 
     async def unload(self, model: str, adapter: str | None = None) -> bool:

@@ -274,7 +274,7 @@ class Pool:
                 if victim not in self._entries:  # went with its base already
                     continue
                 self.evictions += 1
-                log.info("evicting %s to make room for %s", victim, key)
+                log.info("evicting %s to make room for %s", victim, key, extra={"model": victim})
                 await self._unload_with_dependents(victim, "evicted")
             info = await self._loader.load(request.spec)
         except BaseException as exc:
@@ -323,6 +323,14 @@ class Pool:
         await self._notify()
         return True
 
+    def unpin(self, key: str) -> None:
+        """A pinned entry gets its lifetime back: its ttl, else the pool's idle_ttl (pinning
+        is `keep_alive` forever, `_apply_keep_alive`)."""
+        entry = self._entries.get(key)
+        if entry is not None and entry.pinned:
+            entry.pinned = False
+            entry.last_used = time.monotonic()  # its idle time counts from now
+
     async def invalidate(self, keys: set[str]) -> None:
         """These entries' files changed or they left the registry: unload each once idle
         (adapters on a base go with it), and load afresh on next use."""
@@ -339,7 +347,11 @@ class Pool:
                 and entry.key in self._entries
                 and not self._busy(entry)
             ):
-                log.info("unloading %s: its files changed or it was removed", entry.key)
+                log.info(
+                    "unloading %s: its files changed or it was removed",
+                    entry.key,
+                    extra={"model": entry.key},
+                )
                 await self._unload_with_dependents(entry.key)
                 await self._notify()
 

@@ -110,9 +110,11 @@ def test_the_ring_keeps_ui_history_requests(tiny_models: Path) -> None:
     ):
         for _ in range(3):
             http.post("/v1/completions", json={"model": "tiny-a", "prompt": "Hi", "max_tokens": 1})
-        ids = [r["id"] for r in http.get("/admin/activity").json()["requests"]]
+        answer = http.get("/admin/activity").json()
+        ids = [r["id"] for r in answer["requests"]]
         assert len(ids) == 2
         assert ids == sorted(ids)
+        assert answer["history"] == 2  # a dashboard keeps as many rows
 
 
 def test_ui_history_and_ui_follow_live_edits(tiny_models: Path, tmp_path: Path) -> None:
@@ -175,6 +177,29 @@ def test_log_lines_arrive_as_log_events(tiny_models: Path) -> None:
         assert line["message"] == "a line for the dashboard 7"
         assert line["level"] == "warning"
         assert line["logger"] == "mlxrouter.test"
+        assert line["model"] is None  # about no model in particular
+
+
+def test_an_access_log_line_names_its_model_in_a_field(tiny_models: Path) -> None:
+    access = logging.getLogger("mlxrouter.access")
+    saved = access.level
+    access.setLevel(logging.INFO)  # the daemon runs in this process; its access lines are info
+    try:
+        with (
+            running_daemon(config(tiny_models)) as (url, _),
+            httpx.Client(base_url=url, timeout=60) as http,
+            http.stream("GET", "/admin/events") as stream,
+        ):
+            events = sse_events(stream)
+            body = {"model": "tiny-a", "prompt": "Hi", "max_tokens": 1}
+            assert http.post("/v1/completions", json=body).status_code == 200
+            _, line = first(
+                events, lambda e: e[0] == "log" and e[1]["logger"] == "mlxrouter.access"
+            )
+            assert line["model"] == "tiny-a"
+            assert "status=200" in line["message"]
+    finally:
+        access.setLevel(saved)
 
 
 def test_the_api_key_guards_both_routes(tiny_models: Path) -> None:

@@ -78,7 +78,9 @@ class RequestRecord:
                 prompt = generation.messages
             else:
                 prompt = generation.prompt
-            log.info("%s model=%s prompt=%r", self.kind, self.model, prompt)
+            log.info(
+                "%s model=%s prompt=%r", self.kind, self.model, prompt, extra=self._log_extra()
+            )
             text = repr(prompt)  # the first prompt of a request with several
             self._prompt = self._prompt or text[:PROMPT_CHARS]
 
@@ -113,8 +115,13 @@ class RequestRecord:
             f"{prompt}+{completion}" if finished else "-",
             time.perf_counter() - self.started,
             "yes" if self.loaded_now else "no",
+            extra=self._log_extra(),
         )
         self.daemon.activity.finished(self._activity(status, finished, error))
+
+    def _log_extra(self) -> dict[str, str]:
+        # the dashboard's log filter reads the line's model from here, not from its text
+        return {"model": self.model} if self.model != UNKNOWN_MODEL else {}
 
     def _activity(
         self, status: int, finished: Sequence[Finished], error: str | None

@@ -29,7 +29,12 @@ from ..metrics import CONTENT_TYPE
 from ..status import ErrorResponse, Health, LoadAnswer, ModelDetail, PoolStatus, UnloadAnswer
 from . import answers, convert
 from .responses import ChatCompletion, Completion, ModelList
-from .schemas import AdminModelRequest, ChatCompletionRequest, CompletionRequest
+from .schemas import (
+    AdminLoadRequest,
+    AdminModelRequest,
+    ChatCompletionRequest,
+    CompletionRequest,
+)
 from .session import CompletionSession, SessionStream
 
 log = logging.getLogger(__name__)
@@ -180,9 +185,9 @@ async def admin_pool(state: State) -> PoolStatus:
 
 
 @post("/admin/load", status_code=200)
-async def admin_load(state: State, data: JSONBody[AdminModelRequest]) -> LoadAnswer:
+async def admin_load(state: State, data: JSONBody[AdminLoadRequest]) -> LoadAnswer:
     daemon = _daemon(state)
-    target = await daemon.load(data.model, data.adapter)
+    target = await daemon.load(data.model, data.adapter, pin=data.pin)
     return LoadAnswer(loaded=target.key, pool=daemon.pool_status())
 
 
