@@ -110,6 +110,12 @@ def in_flight(http: httpx.Client) -> int:
     return sum(entry["in_flight"] for entry in http.get("/admin/pool").json()["entries"])
 
 
+def finished(http: httpx.Client) -> list[dict[str, Any]]:
+    """The daemon's record of the requests that ended (`/admin/activity`), oldest first."""
+    requests: list[dict[str, Any]] = http.get("/admin/activity").json()["requests"]
+    return requests
+
+
 @pytest.mark.slow
 def test_stop_ends_a_long_generation_and_frees_its_lease(demo_model: Path) -> None:
     with (
@@ -133,9 +139,21 @@ def test_stop_ends_a_long_generation_and_frees_its_lease(demo_model: Path) -> No
         assert last_answer(driver).find_element(By.CLASS_NAME, "note").text == "stopped"
         wait_until(lambda: in_flight(http) == 0, timeout=60, what="the lease to be freed")
         # the daemon saw the client go: the request ended 499, long before 2000 tokens
-        last = http.get("/admin/activity").json()["requests"][-1]
-        assert last["status"] == 499
-        assert last["completion_tokens"] < 2000
+        wait_until(lambda: len(finished(http)) == 1, what="the request's record")
+        assert finished(http)[0]["status"] == 499
+        assert finished(http)[0]["completion_tokens"] < 2000
+
+        # leaving the tab stops an answer under way too
+        ask(driver, "Write another very long story, about a whale.")
+        wait_for(
+            driver,
+            lambda d: last_answer(d).find_element(By.CLASS_NAME, "answer").text.strip(),
+            "the second answer to begin",
+        )
+        driver.find_element(By.CSS_SELECTOR, '#tabs a[data-tab="overview"]').click()
+        wait_until(lambda: in_flight(http) == 0, timeout=60, what="the second lease to be freed")
+        wait_until(lambda: len(finished(http)) == 2, what="the second request's record")
+        assert finished(http)[1]["status"] == 499
         assert console_errors(driver) == []
 
 
@@ -235,3 +253,47 @@ def test_the_image_input_shows_for_a_vision_model_only(vision_models: Path, tmp_
         assert not driver.find_element(By.ID, "pg-image").is_displayed()
         assert not driver.find_elements(By.ID, "pg-similarity")  # no embedding model here
         assert console_errors(driver) == []
+
+
+def test_a_refused_request_is_told_and_left_out_of_the_conversation(tiny_models: Path) -> None:
+    with (
+        running_daemon(f"hf_cache: false\nmodel_dirs: [{tiny_models}]\n") as (url, _),
+        chromium() as driver,
+    ):
+        open_playground(driver, url)
+        choose(driver, "pg-model", "tiny-a")
+        type_into(driver, "pg-max-tokens", "3")
+        type_into(driver, "pg-temperature", "5")  # the daemon takes 0 to 2
+        ask(driver, "Hello")
+        toast = wait_for(
+            driver,
+            lambda d: (t := d.find_element(By.ID, "toast")).is_displayed() and t,
+            "the error's toast",
+        )
+        assert "temperature" in toast.text
+        wait_for(driver, answered(1), "the refused answer to end")
+        assert "failed" in (last_answer(driver).get_attribute("class") or "")
+        assert "temperature" in last_answer(driver).find_element(By.CLASS_NAME, "note").text
+        assert driver.find_element(By.ID, "pg-input").get_attribute("value") == "Hello"
+
+        type_into(driver, "pg-temperature", "0")
+        driver.find_element(By.ID, "pg-send").click()  # the message put back, sent again
+        wait_for(driver, answered(2), "the answer")
+        assert "failed" not in (last_answer(driver).get_attribute("class") or "")
+        after_failure = stat(driver, "prompt-tokens")
+
+        # the conversation outlives a look at another tab
+        driver.find_element(By.CSS_SELECTOR, '#tabs a[data-tab="overview"]').click()
+        driver.find_element(By.CSS_SELECTOR, '#tabs a[data-tab="playground"]').click()
+        wait_for(
+            driver,
+            lambda d: len(d.find_elements(By.CSS_SELECTOR, "#pg-transcript .turn")) == 4,
+            "the transcript back",
+        )
+        # the same question alone costs the same prompt: the failed exchange was not sent
+        driver.find_element(By.ID, "pg-clear").click()
+        ask(driver, "Hello")
+        wait_for(driver, answered(1), "the answer to the question alone")
+        assert stat(driver, "prompt-tokens") == after_failure
+        # the one console error is the network's line for the refused request
+        assert [e for e in console_errors(driver) if "status of 400" not in e] == []
