@@ -29,7 +29,15 @@ T = TypeVar("T")
 #: seconds a wait for the page gives up after: a hang guard, not a timing assert
 WAIT = 60.0
 
-__all__ = ["By", "WebElement", "chromium", "console_errors", "missing_browser", "wait_for"]
+__all__ = [
+    "By",
+    "WebElement",
+    "chromium",
+    "console_errors",
+    "missing_browser",
+    "start_chromium",
+    "wait_for",
+]
 
 
 def _binaries() -> tuple[str | None, str | None]:
@@ -47,6 +55,32 @@ def missing_browser() -> str | None:
     return "headless Chromium is not installed (Debian: apt-get install chromium chromium-driver)"
 
 
+#: how every headless Chromium here starts (the tests, and scripts/screenshots)
+FLAGS = (
+    "--headless=new",
+    "--no-sandbox",  # containers run tests as root, where the sandbox cannot start
+    "--disable-dev-shm-usage",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-extensions",
+)
+
+
+def start_chromium(width: int = 1400, height: int = 1000) -> webdriver.Chrome:
+    """A headless Chromium with a `width` x `height` window; the caller quits it. Raises
+    RuntimeError when it is not installed, WebDriverException when it does not start."""
+    reason = missing_browser()
+    if reason:
+        raise RuntimeError(reason)
+    browser, driver = _binaries()
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser or ""
+    for flag in (*FLAGS, f"--window-size={width},{height}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=options, service=Service(executable_path=driver))
+
+
 @contextmanager
 def chromium() -> Iterator[webdriver.Chrome]:
     """A headless Chromium, closed afterwards; its console is readable (`console_errors`)."""
@@ -55,22 +89,8 @@ def chromium() -> Iterator[webdriver.Chrome]:
         if os.environ.get("MLXROUTER_BROWSER_TESTS") == "required":
             pytest.fail(reason)
         pytest.skip(reason)
-    browser, driver = _binaries()
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser or ""
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",  # containers run tests as root, where the sandbox cannot start
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--window-size=1400,1000",
-        "--no-first-run",
-        "--disable-extensions",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     try:
-        driver_process = webdriver.Chrome(options=options, service=Service(executable_path=driver))
+        driver_process = start_chromium()
     except WebDriverException as exc:
         pytest.fail(f"Chromium did not start: {exc.msg}")
     try:
