@@ -149,7 +149,10 @@ export const ui = {
 
 let unmount = null;
 
+let shown = 0; // which call of show() is the latest: a tab opened while another mounts wins
+
 async function show() {
+  const call = ++shown;
   const name = TABS.includes(location.hash.slice(1)) ? location.hash.slice(1) : "overview";
   for (const link of document.querySelectorAll("#tabs a")) {
     link.classList.toggle("active", link.dataset.tab === name);
@@ -160,12 +163,23 @@ async function show() {
   view.replaceChildren();
   view.dataset.tab = name;
   const module = await import(`./tabs/${name}.js`);
-  unmount = await module.mount(view, ui);
+  if (call !== shown) return; // another tab was chosen while this one loaded
+  const cleanup = await module.mount(view, ui);
+  if (call !== shown) {
+    // another tab opened while this one mounted: undo this one at once
+    if (typeof cleanup === "function") cleanup();
+    return;
+  }
+  unmount = cleanup;
 }
 
 async function logout() {
-  await fetch("/ui/logout", { method: "POST", headers: csrfHeaders() });
-  window.location.assign("/ui");
+  try {
+    await checked(await fetch("/ui/logout", { method: "POST", headers: csrfHeaders() }));
+    window.location.assign("/ui");
+  } catch (error) {
+    ui.toast(`Logging out failed: ${error.message}`);
+  }
 }
 
 window.addEventListener("hashchange", show);
@@ -175,4 +189,6 @@ fetch("/ui/session")
   .then((r) => r.json())
   .then((session) => (document.getElementById("logout").hidden = !session.login_required));
 openFeed();
+// Log lines are collected from page load, whichever tab is open (the daemon keeps none).
+import("./tabs/logs.js").then((logs) => logs.collect(ui));
 show();

@@ -1,7 +1,7 @@
 // The logs tab: the daemon's log lines as they are logged (`log` events), newest at the
 // bottom, filtered by level and by model. The daemon keeps no log history for the page, so
-// lines are collected from the first time this tab opens, also while another tab is shown,
-// at most LIMIT of them.
+// lines are collected from the page's load (core.js calls `collect`), also while another tab
+// is shown, at most LIMIT of them.
 
 const LIMIT = 2000;
 const LEVELS = ["debug", "info", "warning", "error", "critical"];
@@ -12,7 +12,7 @@ const filters = { level: "debug", model: "" };
 let collecting = false;
 let draw = null;
 
-function collect(ui) {
+export function collect(ui) {
   if (collecting) return;
   collecting = true;
   ui.on("log", (line) => {
