@@ -61,6 +61,15 @@ class ResponsesConfig(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=
     store_max_bytes: ByteSize = ByteSize.parse("64MiB")
 
 
+class UiConfig(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The dashboard's server side: `/admin/activity` and `/admin/events`. `ui: false` is
+    short for `ui: {enabled: false}`."""
+
+    enabled: bool = True
+    #: requests kept in the activity ring (memory only)
+    history: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 500
+
+
 class ImagesConfig(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Images in prompts (`images.py`): limits, and whether image URLs are fetched at all."""
 
@@ -204,6 +213,8 @@ class Config(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     upstreams: list[UpstreamConfig] = msgspec.field(default_factory=list)
     responses: ResponsesConfig = msgspec.field(default_factory=ResponsesConfig)
     images: ImagesConfig = msgspec.field(default_factory=ImagesConfig)
+    #: the dashboard's routes and their activity ring; `false` turns them off (404)
+    ui: UiConfig | bool = msgspec.field(default_factory=UiConfig)
     api_key: str | None = None
     log_level: str = "info"
     #: the largest completion a request gets when it names no max_tokens
@@ -224,6 +235,13 @@ class Config(_Strict, frozen=True, forbid_unknown_fields=True, kw_only=True):
     log_file: bool = True
     #: log each request's prompt (off: prompts are private by default)
     log_prompts: bool = False
+
+    @property
+    def ui_config(self) -> UiConfig:
+        """`ui:` as a mapping whether it was written as one or as `true` / `false`."""
+        if isinstance(self.ui, UiConfig):
+            return self.ui
+        return UiConfig(enabled=self.ui)
 
     def hf_cache_dir(self) -> Path | None:
         if self.hf_cache is False:

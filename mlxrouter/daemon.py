@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import shutil
 import time
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
+from .activity import Activity, LogFeed
 from .config import Config, DistributedConfig, ModelSettings
 from .distributed import Groups, RoutedLoader
 from .engine import EmbeddingRequest, GenerationRequest, GenerationStream
@@ -132,6 +134,10 @@ class Daemon:
         self.groups = Groups()
         self.groups.configure(distributed_entries(self.local_registry))
         self.pool = Pool(RoutedLoader(self.engine, self.groups), pool_limits(config))
+        #: the dashboard's ring of requests and live feed (pool changes, requests, log lines)
+        self.activity = Activity(config.ui_config.history)
+        self.pool.listener = self.activity.pool_changed
+        self._log_feed: LogFeed | None = None
         self.metrics = Metrics(self.pool, self.engine.memory, self.engine.prompt_cache_figures)
         self.upstreams = Upstreams(self._upstreams_changed, self.metrics.upstreams)
         self.reloader = Reloader(config_path, overrides or {}, lambda: self.config, self.apply)
@@ -142,6 +148,8 @@ class Daemon:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._log_feed = LogFeed(self.activity, asyncio.get_running_loop())
+        logging.getLogger("mlxrouter").addHandler(self._log_feed)
         self._reaper = asyncio.create_task(self._reap_idle(), name="pool-reaper")
         if self._watch:
             self.reloader.start_watching()
@@ -154,6 +162,9 @@ class Daemon:
                     log.warning("preloading %s failed: %s", entry.id, exc)
 
     async def stop(self) -> None:
+        self.activity.close()
+        if self._log_feed is not None:
+            logging.getLogger("mlxrouter").removeHandler(self._log_feed)
         await self.reloader.stop()
         await self.upstreams.stop()
         if self._reaper is not None:
@@ -189,6 +200,7 @@ class Daemon:
         old = self.registry
         self.local_registry, self.config = registry, config
         self.groups.configure(distributed_entries(registry))
+        self.activity.resize(config.ui_config.history)
         await self.upstreams.apply(config.upstreams)
         self.registry = with_remote(registry, self.upstreams.entries())
         diff = diff_registries(old, self.registry)
@@ -302,6 +314,7 @@ class Daemon:
             mlx_active_bytes=mlx.active_bytes,
             mlx_cache_bytes=mlx.cache_bytes,
             mlx_peak_bytes=mlx.peak_bytes,
+            machine_memory_bytes=physical_memory(),
         )
 
     def _worker_status(self, key: str) -> WorkerGroupStatus | None:
@@ -389,8 +402,10 @@ class Daemon:
 
     # ---- admin -------------------------------------------------------------------------------
 
-    async def load(self, model: str, adapter: str | None = None) -> Target:
-        """Load an entry now (admin); it stays until evicted or expired."""
+    async def load(self, model: str, adapter: str | None = None, pin: bool | None = None) -> Target:
+        """Load an entry now (admin); it stays until evicted or expired. `pin`: True keeps it
+        until it is unloaded or unpinned (as `keep_alive: -1` does), False gives it back its
+        lifetime (its `ttl`, else `pool.idle_ttl`); None leaves that as it is."""
         target = self.target(model, adapter)
         if target.model.remote is not None:
             raise InvalidRequestError(
@@ -399,7 +414,9 @@ class Daemon:
                 param="model",
             )
         check_loadable(target)
-        await self.pool.preload(target.lease_request())
+        await self.pool.preload(target.lease_request(keep_alive=math.inf if pin else None))
+        if pin is False:
+            self.pool.unpin(target.key)
         return target
 
     async def unload(self, model: str, adapter: str | None = None) -> bool:

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -93,9 +93,16 @@ class Lease:
     loaded_now: bool
 
 
+#: told of each entry's change, on the event loop: (key, state, requests in flight); states are
+#: "loading", "loaded", "failed", "serving", "idle", "unloaded" and "evicted"
+PoolListener = Callable[[str, str, int], None]
+
+
 class Pool:
     def __init__(self, loader: Loader, limits: PoolLimits) -> None:
         self._loader = loader
+        #: the daemon's live-events feed; it must not raise or await
+        self.listener: PoolListener | None = None
         self.limits = limits
         self._entries: dict[str, PoolEntry] = {}
         self._room = asyncio.Condition()
@@ -139,6 +146,7 @@ class Pool:
         finally:
             entry.in_flight -= 1
             entry.last_used = time.monotonic()
+            self._tell(entry.key, "serving" if entry.in_flight else "idle", entry.in_flight)
             await self._apply_keep_alive(entry, request.keep_alive)
             await self._drop_stale()
             # Limits lowered while this entry was busy take effect once it is idle.
@@ -179,6 +187,7 @@ class Pool:
             if entry is not None and entry.info is not None:
                 entry.in_flight += 1
                 entry.last_used = time.monotonic()
+                self._tell(key, "serving", entry.in_flight)
                 return entry, entry.info, False
             if entry is not None and entry.load_task is not None:
                 # Someone else is loading it: wait for that one load, then take a lease.
@@ -259,16 +268,18 @@ class Pool:
         )
         # The entry is registered before any await, so concurrent requests find it and wait.
         self._entries[key] = entry
+        self._tell(key, "loading", 0)
         try:
             for victim in victims:
                 if victim not in self._entries:  # went with its base already
                     continue
                 self.evictions += 1
-                log.info("evicting %s to make room for %s", victim, key)
-                await self._unload_with_dependents(victim)
+                log.info("evicting %s to make room for %s", victim, key, extra={"model": victim})
+                await self._unload_with_dependents(victim, "evicted")
             info = await self._loader.load(request.spec)
         except BaseException as exc:
             self._entries.pop(key, None)
+            self._tell(key, "failed", 0)
             load_task.set_exception(exc)
             load_task.exception()  # waiters re-raise it; mark it retrieved here
             await self._notify()
@@ -278,16 +289,20 @@ class Pool:
         # Measured bytes replace the estimate when MLX reports them.
         entry.nbytes = info.nbytes or entry.nbytes
         entry.in_flight += 1
+        self._tell(key, "loaded", 0)
+        self._tell(key, "serving", entry.in_flight)
         load_task.set_result(info)
         entry.load_task = None
         return entry
 
-    async def _unload_with_dependents(self, key: str) -> None:
+    async def _unload_with_dependents(self, key: str, state: str = "unloaded") -> None:
         for dependent in self._dependents(key):
             self._entries.pop(dependent.key, None)
             await self._loader.unload(dependent.key)
+            self._tell(dependent.key, state, 0)
         self._entries.pop(key, None)
         await self._loader.unload(key)
+        self._tell(key, state, 0)
 
     # ---- control -----------------------------------------------------------------------------
 
@@ -308,6 +323,14 @@ class Pool:
         await self._notify()
         return True
 
+    def unpin(self, key: str) -> None:
+        """A pinned entry gets its lifetime back: its ttl, else the pool's idle_ttl (pinning
+        is `keep_alive` forever, `_apply_keep_alive`)."""
+        entry = self._entries.get(key)
+        if entry is not None and entry.pinned:
+            entry.pinned = False
+            entry.last_used = time.monotonic()  # its idle time counts from now
+
     async def invalidate(self, keys: set[str]) -> None:
         """These entries' files changed or they left the registry: unload each once idle
         (adapters on a base go with it), and load afresh on next use."""
@@ -324,7 +347,11 @@ class Pool:
                 and entry.key in self._entries
                 and not self._busy(entry)
             ):
-                log.info("unloading %s: its files changed or it was removed", entry.key)
+                log.info(
+                    "unloading %s: its files changed or it was removed",
+                    entry.key,
+                    extra={"model": entry.key},
+                )
                 await self._unload_with_dependents(entry.key)
                 await self._notify()
 
@@ -359,9 +386,15 @@ class Pool:
         for key in [k for k, e in self._entries.items() if e.loaded and e.base_key is not None]:
             self._entries.pop(key, None)
             await self._loader.unload(key)
+            self._tell(key, "unloaded", 0)
         for key in [k for k, e in self._entries.items() if e.loaded]:
             self._entries.pop(key, None)
             await self._loader.unload(key)
+            self._tell(key, "unloaded", 0)
+
+    def _tell(self, key: str, state: str, in_flight: int) -> None:
+        if self.listener is not None:
+            self.listener(key, state, in_flight)
 
     async def _notify(self) -> None:
         async with self._room:

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
+from typing import Literal
 
 from .config import Config, DistributedConfig, ModelEntryConfig
 from .discovery import FoundModel, describe_folder, scan_hf_cache, scan_model_dir
@@ -21,6 +22,10 @@ from .errors import ModelNotFoundError
 from .vision_types import vision_model_types
 
 log = logging.getLogger(__name__)
+
+#: where an entry was found: a `models:` entry's `path`, a `model_dirs` folder, the HF cache,
+#: an upstream
+Source = Literal["config", "model_dir", "hf_cache", "remote"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +58,7 @@ class RegistryEntry:
 
     id: str
     found: FoundModel
-    source: str  # "config", "model_dir", "hf_cache" or "remote"
+    source: Source
     base: str | None = None
     options: EntryOptions = field(default_factory=EntryOptions)
     remote: RemoteModel | None = None

@@ -123,6 +123,9 @@ class DrainingServer(uvicorn.Server):
         self._loop.create_task(self._drain())
 
     async def _drain(self) -> None:
+        # Live event streams end now (on the loop, not in the signal handler): uvicorn's
+        # shutdown waits for every open connection.
+        self._daemon.activity.close()
         deadline = time.monotonic() + self._grace
         # Polling a few state counts is simpler than wiring an event through pool and routes.
         while self._daemon.busy() and time.monotonic() < deadline:  # noqa: ASYNC110

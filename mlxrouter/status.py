@@ -14,7 +14,7 @@ from typing import Literal
 import msgspec
 
 from .config import ModelSettings, inline_template
-from .registry import Registry, RegistryEntry
+from .registry import Registry, RegistryEntry, Source
 from .vision_types import vision_installed
 
 
@@ -66,6 +66,11 @@ class ModelCard(msgspec.Struct, kw_only=True):
     max_input_tokens: int | None = None
     #: embedding models trained for shorter vectors: a request's `dimensions` may be lower
     matryoshka: bool = False
+    #: where the registry found it: a `models:` entry with a `path` ("config"), a folder of
+    #: `model_dirs` ("model_dir"), the Hugging Face cache ("hf_cache") or an upstream ("remote")
+    source: Source | None = None
+    #: served across machines by a worker group (a `distributed:` entry)
+    distributed: bool = False
 
 
 class ModelDetail(ModelCard, kw_only=True):
@@ -140,6 +145,8 @@ class PoolStatus(msgspec.Struct, kw_only=True):
     mlx_peak_bytes: int = 0
     #: `pool.mlx_cache_bytes`; null: MLX's default
     mlx_cache_limit: int | None = None
+    #: the machine's physical memory; null where the system does not say
+    machine_memory_bytes: int | None = None
 
 
 class Health(msgspec.Struct, kw_only=True):
@@ -192,6 +199,8 @@ def model_card(
         dimensions=model.dimensions,
         max_input_tokens=model.max_input_tokens,
         matryoshka=model.matryoshka,
+        source=entry.source,
+        distributed=entry.options.distributed is not None,
     )
 
 
@@ -237,3 +246,36 @@ class UnloadAnswer(msgspec.Struct, kw_only=True):
 
     unloaded: bool
     pool: PoolStatus
+
+
+class ActivityRecord(msgspec.Struct, kw_only=True):
+    """One finished request in the activity ring (`GET /admin/activity`, the `request.finished`
+    event). `prompt` is only set when `log_prompts` is on."""
+
+    #: the same as its `request.started` event's
+    id: int
+    time: float
+    surface: Literal["openai", "anthropic", "responses", "ollama", "embeddings"]
+    kind: str
+    model: str
+    status: int
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    #: seconds from the request's arrival to its first token; None when none came
+    ttft: float | None = None
+    #: completion tokens per second of generation; None when nothing was generated
+    tokens_per_second: float | None = None
+    latency: float
+    error: str | None = None
+    prompt: str | None = None
+
+
+class ActivityAnswer(msgspec.Struct, kw_only=True):
+    """The last requests, oldest first (at most `ui.history` of them)."""
+
+    requests: list[ActivityRecord]
+    #: events not delivered to `/admin/events` subscribers that fell behind, since start
+    dropped_events: int
+    #: `ui.history`: the most requests the ring keeps (a dashboard keeps as many rows)
+    history: int = 0

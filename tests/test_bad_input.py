@@ -14,6 +14,8 @@ import pytest
 from conftest import running_daemon
 from imagedata import b64, data_url, garbage_png, huge_png, png
 
+from mlxrouter.api.ui import CSRF_COOKIE, CSRF_HEADER
+
 OK_MESSAGES = [{"role": "user", "content": "hi"}]
 
 
@@ -353,6 +355,9 @@ CASES: list[tuple[str, str, str, Any, int, str | None]] = [
     ("GET on a POST route", "GET", "/v1/completions", None, 405, None),
     ("admin load unknown", "POST", "/admin/load", {"model": "nope"}, 404, "model"),
     ("admin load missing field", "POST", "/admin/load", {}, 400, "model"),
+    ("POST on admin activity", "POST", "/admin/activity", {"x": 1}, 405, None),
+    ("DELETE on admin events", "DELETE", "/admin/events", None, 405, None),
+    ("admin activity with a path after it", "GET", "/admin/activity/../../etc", None, 404, None),
     # ---- Anthropic Messages: Anthropic's envelope ----
     ("messages: unknown model", "POST", "/v1/messages", message(model="nope"), 404, None),
     ("messages: no max_tokens", "POST", "/v1/messages", {"model": "tiny-a"}, 400, None),
@@ -648,6 +653,63 @@ CASES: list[tuple[str, str, str, Any, int, str | None]] = [
         "model",
     ),
     ("ollama: unknown route", "GET", "/api/nothing", None, 404, None),
+    # ---- the dashboard (/ui): its login, and /ui/api repeating the API's handlers ----
+    ("ui login: no key", "POST", "/ui/login", {}, 400, "key"),
+    ("ui login: key not a string", "POST", "/ui/login", {"key": 5}, 400, "key"),
+    ("ui login: an unknown field", "POST", "/ui/login", {"key": "k", "admin": True}, 400, None),
+    ("ui login: a list", "POST", "/ui/login", ["k"], 400, None),
+    ("ui login: not JSON", "POST", "/ui/login", b"{not json", 400, None),
+    ("GET on ui logout", "GET", "/ui/logout", None, 405, None),
+    ("POST on ui session", "POST", "/ui/session", {"x": 1}, 405, None),
+    ("ui: unknown page", "GET", "/ui/nothing", None, 404, None),
+    ("ui static: unknown file", "GET", "/ui/static/js/nothing.js", None, 404, None),
+    ("ui api: unknown route", "GET", "/ui/api/v2/everything", None, 404, None),
+    ("ui api: a route it does not repeat", "POST", "/ui/api/v1/completions", text(), 404, None),
+    ("ui api: POST on admin pool", "POST", "/ui/api/admin/pool", {"x": 1}, 405, None),
+    ("ui api: admin load missing field", "POST", "/ui/api/admin/load", {}, 400, "model"),
+    ("ui api: admin load unknown", "POST", "/ui/api/admin/load", {"model": "nope"}, 404, "model"),
+    ("ui api: unload not a string", "POST", "/ui/api/admin/unload", {"model": 5}, 400, "model"),
+    ("ui api: unknown model id", "GET", "/ui/api/v1/models/nope", None, 404, "model"),
+    (
+        "ui api: chat temperature above 2",
+        "POST",
+        "/ui/api/v1/chat/completions",
+        chat(temperature=2.5, stream=True),
+        400,
+        "temperature",
+    ),
+    (
+        "ui api: chat no messages",
+        "POST",
+        "/ui/api/v1/chat/completions",
+        {"model": "tiny-a"},
+        400,
+        "messages",
+    ),
+    (
+        "ui api: chat not JSON",
+        "POST",
+        "/ui/api/v1/chat/completions",
+        b'{"model": "tiny-a", "messages": [',
+        400,
+        None,
+    ),
+    (
+        "ui api: embeddings empty input",
+        "POST",
+        "/ui/api/v1/embeddings",
+        embed(input=[]),
+        400,
+        "input",
+    ),
+    (
+        "ui api: embeddings to a chat model",
+        "POST",
+        "/ui/api/v1/embeddings",
+        embed(model="tiny-a"),
+        400,
+        "model",
+    ),
 ]
 
 
@@ -659,6 +721,12 @@ def daemon(tiny_models: Path, embedding_model: Path) -> Iterator[tuple[str, Any]
     )
     with running_daemon(config) as served:
         yield served
+
+
+def ui_csrf(client: httpx.Client) -> dict[str, str]:
+    """The CSRF header of the dashboard's scripts: the cookie a page sets, echoed."""
+    client.get("/ui/login")
+    return {CSRF_HEADER: client.cookies[CSRF_COOKIE]}
 
 
 def test_the_suite_has_at_least_forty_cases() -> None:
@@ -680,12 +748,13 @@ def test_bad_input(
 ) -> None:
     url, app = daemon
     with httpx.Client(base_url=url, timeout=30) as client:
+        # The dashboard's POSTs pass Litestar's CSRF check first, as the page's scripts do.
+        headers = ui_csrf(client) if path.startswith("/ui/") else {}
         if isinstance(body, bytes):
-            response = client.request(
-                method, path, content=body, headers={"content-type": "application/json"}
-            )
+            headers["content-type"] = "application/json"
+            response = client.request(method, path, content=body, headers=headers)
         else:
-            response = client.request(method, path, json=body)
+            response = client.request(method, path, json=body, headers=headers)
         assert response.status_code == status, response.text
         body = response.json()
         if path.startswith("/v1/messages"):

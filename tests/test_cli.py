@@ -125,6 +125,19 @@ def test_load_of_a_loaded_entry_says_so(daemon: str, capsys: pytest.CaptureFixtu
     assert cli_main(["unload", "tiny-b", "--url", daemon]) == 0
 
 
+def test_load_pins_and_unpins(daemon: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["unload", "tiny-b", "--url", daemon]) == 0
+    capsys.readouterr()
+    assert cli_main(["load", "tiny-b", "--pin", "--url", daemon]) == 0
+    assert capsys.readouterr().out.strip() == "loaded tiny-b, pinned"
+    assert cli_main(["ps", "--url", daemon]) == 0
+    (row,) = [line for line in capsys.readouterr().out.splitlines() if "tiny-b" in line]
+    assert " yes " in f"{row} "  # the pinned column
+    assert cli_main(["load", "tiny-b", "--unpin", "--url", daemon]) == 0
+    assert capsys.readouterr().out.strip() == "tiny-b was already loaded, unpinned"
+    assert cli_main(["unload", "tiny-b", "--url", daemon]) == 0
+
+
 def test_models_help_names_only_the_flags_it_uses(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli_main(["models", "--help"])

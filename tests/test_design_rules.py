@@ -40,6 +40,12 @@ FORBIDDEN = {
     "mlxrouter.status": ("mlxrouter.api", "mlxrouter.engine", "mlxrouter.pool"),
     "mlxrouter.daemon": ("mlxrouter.api",),
     "mlxrouter.images": ("mlxrouter.api", "mlxrouter.daemon", "mlxrouter.pool"),
+    "mlxrouter.activity": (
+        "mlxrouter.api",
+        "mlxrouter.daemon",
+        "mlxrouter.engine",
+        "mlxrouter.pool",
+    ),
     "mlxrouter.pool": ("mlxrouter.api", "mlxrouter.daemon"),
     "mlxrouter.engine": ("mlxrouter.api", "mlxrouter.daemon", "mlxrouter.pool"),
     # remote upstreams: the forwarding client knows only the engine's vocabulary; the health

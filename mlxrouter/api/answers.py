@@ -286,4 +286,4 @@ async def sse_answer(
     except EngineError as exc:
         error = ErrorBody(message=exc.message, type=exc.type, code=exc.code)
         yield sse(ErrorResponse(error=error))
-        await session.close(500)
+        await session.close(500, error=exc.message)

@@ -21,6 +21,8 @@ from litestar.openapi import OpenAPIConfig
 from .. import __version__
 from ..config import Config
 from ..daemon import Daemon
+from ..paths import default_paths
+from .activity import ROUTES as ACTIVITY_ROUTES
 from .anthropic import ROUTES as ANTHROPIC_ROUTES
 from .embeddings import embeddings
 from .errors import EXCEPTION_HANDLERS
@@ -28,17 +30,26 @@ from .guards import host_allowlist, write_timeout
 from .ollama import ROUTES as OLLAMA_ROUTES
 from .responses_api import ROUTES as RESPONSES_ROUTES
 from .routes import ROUTES, ModelsAnswer
+from .ui import OPEN_PATHS as UI_OPEN_PATHS
+from .ui import OPEN_PREFIX as UI_OPEN_PREFIX
+from .ui import PAGES as UI_PAGES
+from .ui import SESSION_PREFIX as UI_SESSION_PREFIX
+from .ui import csrf_config, has_ui_session
 
 log = logging.getLogger(__name__)
 
-_OPEN_PATHS = {"/", "/health"}
+_OPEN_PATHS = {"/", "/health", *UI_OPEN_PATHS}
 
 
 def _api_key_guard(daemon: Daemon, env_key: str | None) -> Any:
     def guard(connection: ASGIConnection[Any, Any, Any, Any], __: BaseRouteHandler) -> None:
         # Read per request: a config edited, created or deleted while running sets the key.
         api_key = daemon.config.api_key or env_key
-        if not api_key or connection.url.path in _OPEN_PATHS:
+        path = connection.url.path
+        if not api_key or path in _OPEN_PATHS or path.startswith(UI_OPEN_PREFIX):
+            return
+        # The dashboard's scripts are logged in by cookie (CSRF-checked), on its paths only.
+        if path.startswith(UI_SESSION_PREFIX) and has_ui_session(connection, api_key):
             return
         scheme, _, token = connection.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer":
@@ -79,12 +90,15 @@ def create_app(
             *RESPONSES_ROUTES,
             *ANTHROPIC_ROUTES,
             *OLLAMA_ROUTES,
+            *ACTIVITY_ROUTES,
+            UI_PAGES,
         ],
         middleware=[
             host_allowlist([*listening, *config.allowed_hosts]),
             write_timeout(config.write_timeout),
         ],
         cors_config=cors,
+        csrf_config=csrf_config(default_paths().data_dir / "ui-csrf-secret"),
         state=State({"daemon": the_daemon, "models_answer": ModelsAnswer()}),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         guards=[_api_key_guard(the_daemon, os.environ.get("MLXROUTER_API_KEY"))],

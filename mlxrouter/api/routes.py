@@ -17,7 +17,7 @@ from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, JSONBody
-from litestar.response import Stream
+from litestar.response import Redirect, Stream
 from litestar.types import AnyCallable
 
 from .. import __version__
@@ -29,7 +29,12 @@ from ..metrics import CONTENT_TYPE
 from ..status import ErrorResponse, Health, LoadAnswer, ModelDetail, PoolStatus, UnloadAnswer
 from . import answers, convert
 from .responses import ChatCompletion, Completion, ModelList
-from .schemas import AdminModelRequest, ChatCompletionRequest, CompletionRequest
+from .schemas import (
+    AdminLoadRequest,
+    AdminModelRequest,
+    ChatCompletionRequest,
+    CompletionRequest,
+)
 from .session import CompletionSession, SessionStream
 
 log = logging.getLogger(__name__)
@@ -144,13 +149,17 @@ class ServerCard(msgspec.Struct, kw_only=True):
     version: str
 
 
-@get("/", include_in_schema=False)
-async def root() -> ServerCard:
-    """What answers here (agent CLIs probe `/` before anything else)."""
+@get("/", include_in_schema=False, opt={"exclude_from_csrf": True})
+async def root(request: Request[Any, Any, Any], state: State) -> ServerCard | Redirect:
+    """What answers here (agent CLIs probe `/` before anything else); a browser, which asks
+    for HTML, goes to the dashboard."""
+    wants_html = "text/html" in request.headers.get("accept", "")
+    if wants_html and _daemon(state).config.ui_config.enabled:
+        return Redirect("/ui", status_code=302)
     return ServerCard(version=__version__)
 
 
-@head("/", include_in_schema=False)
+@head("/", include_in_schema=False, opt={"exclude_from_csrf": True})
 async def root_head() -> None:
     return None
 
@@ -176,9 +185,9 @@ async def admin_pool(state: State) -> PoolStatus:
 
 
 @post("/admin/load", status_code=200)
-async def admin_load(state: State, data: JSONBody[AdminModelRequest]) -> LoadAnswer:
+async def admin_load(state: State, data: JSONBody[AdminLoadRequest]) -> LoadAnswer:
     daemon = _daemon(state)
-    target = await daemon.load(data.model, data.adapter)
+    target = await daemon.load(data.model, data.adapter, pin=data.pin)
     return LoadAnswer(loaded=target.key, pool=daemon.pool_status())
 
 

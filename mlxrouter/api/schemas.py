@@ -152,7 +152,14 @@ class CompletionRequest(_SamplingFields, kw_only=True):
 
 
 class AdminModelRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Body of `POST /admin/load` and `POST /admin/unload`."""
+    """Body of `POST /admin/unload`, and the start of `POST /admin/load`'s."""
 
     model: str
     adapter: str | None = None
+
+
+class AdminLoadRequest(AdminModelRequest, kw_only=True, forbid_unknown_fields=True):
+    """Body of `POST /admin/load`."""
+
+    #: true: keep it loaded until unloaded or unpinned; false: unpin it; absent: leave it
+    pin: bool | None = None

@@ -130,13 +130,27 @@ class CompletionSession:
                 if isinstance(started, Started):
                     self.started.append(started)
         except BaseException as exc:
-            await self.close(status_of(exc) if isinstance(exc, MlxRouterError) else 500)
+            await self.failed(exc)
             raise
         if self._closed:  # closed while this waited (a streamed answer's client left)
             await self.close()  # lets go of what this took since
             raise ClientDisconnectedError("The client closed the connection")
 
-    async def close(self, status: int | None = None, finished: Sequence[Finished] = ()) -> None:
+    async def failed(self, exc: BaseException) -> None:
+        """Close, recording the failure's status and message (a domain error's own message;
+        anything else is only "internal error": its text may name paths)."""
+        if isinstance(exc, MlxRouterError):
+            await self.close(status_of(exc), error=str(exc))
+        else:
+            await self.close(500, error="internal error")
+
+    async def close(
+        self,
+        status: int | None = None,
+        finished: Sequence[Finished] = (),
+        *,
+        error: str | None = None,
+    ) -> None:
         """Cancel the streams still generating and release the lease; records the request
         (499, client gone, unless a status is given). Safe to call more than once: a later
         call releases what an `open()` still running at the first one took since."""
@@ -148,7 +162,7 @@ class CompletionSession:
             pump.cancel()
         await self._stack.aclose()
         if first:
-            self.record.done(499 if status is None else status, finished)
+            self.record.done(499 if status is None else status, finished, error)
 
     def finished(self) -> list[Finished]:
         """How each choice finished (after `events()` has ended)."""
@@ -162,7 +176,7 @@ class CompletionSession:
         try:
             answers = await self._gather_unless_gone(request, self._collect)
         except BaseException as exc:
-            await self.close(status_of(exc) if isinstance(exc, MlxRouterError) else 500)
+            await self.failed(exc)
             raise
         await self.close(200, [finished for _, finished in answers])
         return answers
@@ -173,7 +187,7 @@ class CompletionSession:
         try:
             (embedded,) = await self._gather_unless_gone(request, self._embedded)
         except BaseException as exc:
-            await self.close(status_of(exc) if isinstance(exc, MlxRouterError) else 500)
+            await self.failed(exc)
             raise
         finished = Finished("stop", embedded.prompt_tokens, 0)
         await self.close(200, [finished])

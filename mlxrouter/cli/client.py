@@ -157,9 +157,12 @@ def cmd_load(args: argparse.Namespace) -> int:
 
     before = _daemon_call(args, "GET", "/admin/pool", PoolStatus)
     loaded_before = {e.id for e in before.entries if e.state == "loaded"}
-    body = {"model": args.id, "adapter": args.adapter}
+    body: dict[str, object] = {"model": args.id, "adapter": args.adapter}
+    if args.pin is not None:
+        body["pin"] = args.pin
     key = _daemon_call(args, "POST", "/admin/load", LoadAnswer, body).loaded
-    print(f"{key} was already loaded" if key in loaded_before else f"loaded {key}")
+    done = f"{key} was already loaded" if key in loaded_before else f"loaded {key}"
+    print(done if args.pin is None else f"{done}, {'pinned' if args.pin else 'unpinned'}")
     return 0
 
 

@@ -49,12 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
         parser.set_defaults(func=func)
         return parser
 
-    def pool_command(name: str, help_: str, adapter_help: str, func: Command) -> None:
+    def pool_command(
+        name: str, help_: str, adapter_help: str, func: Command
+    ) -> argparse.ArgumentParser:
         """`load` / `unload`: a registry id, maybe an adapter, and where the daemon is."""
         parser = command(name, help_, f"mlxrouter {name} org/model", func)
         parser.add_argument("id", help="a registry id")
         parser.add_argument("--adapter", help=adapter_help)
         add_client_flags(parser)
+        return parser
 
     serve = command(
         "serve",
@@ -101,11 +104,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     ps = command("ps", "show what the running daemon has loaded", "mlxrouter ps", cmd_ps)
     add_client_flags(ps)
-    pool_command(
+    load = pool_command(
         "load",
         "load a model (or adapter) in the running daemon now",
         "an adapter id to load on it",
         cmd_load,
+    )
+    pin = load.add_mutually_exclusive_group()
+    pin.add_argument(
+        "--pin",
+        dest="pin",
+        action="store_const",
+        const=True,
+        help="keep it loaded until it is unloaded or unpinned",
+    )
+    pin.add_argument(
+        "--unpin",
+        dest="pin",
+        action="store_const",
+        const=False,
+        help="give a pinned entry its lifetime back (its ttl, else pool.idle_ttl)",
     )
     pool_command(
         "unload",

@@ -229,7 +229,7 @@ def adapter_on_base(
 
 
 def load_failed(spec: LoadSpec, exc: BaseException) -> ModelLoadError:
-    log.warning("loading %s failed: %s", spec.key, exc)
+    log.warning("loading %s failed: %s", spec.key, exc, extra={"model": spec.key})
     what = "adapter" if spec.adapter_path else "model"
     return ModelLoadError(f"The {what} `{spec.key}` could not be loaded")
 

@@ -256,7 +256,7 @@ async def sse_message(
         await session.close(200, session.finished())
     except EngineError as exc:
         yield sse(AnthropicError(error=AnthropicErrorBody(type="api_error", message=exc.message)))
-        await session.close(500)
+        await session.close(500, error=exc.message)
     except MlxRouterError as exc:  # open() failed after the pings began (it closed the session)
         error = ApiError(status=status_of(exc), message=exc.message)
         yield b"event: error\ndata: " + error_bytes(ANTHROPIC_PREFIX, error) + b"\n\n"

@@ -51,7 +51,9 @@ async def messages(
     request: Request[Any, Any, Any], state: State, data: JSONBody[MessagesRequest]
 ) -> Response[Message] | Stream:
     daemon: Daemon = state.daemon
-    session = CompletionSession(daemon, "chat", model=data.model, adapters=None, keep_alive=None)
+    session = CompletionSession(
+        daemon, "messages", model=data.model, adapters=None, keep_alive=None
+    )
     message_id = answers.message_id()
     images = image_refs(data)
     if data.stream:  # opened by the stream: it pings while the model loads

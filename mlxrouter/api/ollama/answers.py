@@ -237,4 +237,4 @@ async def ndjson_answer(session: CompletionSession, replies: Replies) -> AsyncIt
         await session.close(200, session.finished())
     except EngineError as exc:
         yield _line(OllamaError(error=exc.message))
-        await session.close(500)
+        await session.close(500, error=exc.message)

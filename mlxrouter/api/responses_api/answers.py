@@ -209,4 +209,4 @@ async def sse_events(
         await session.close(200, session.finished())
     except EngineError as exc:
         yield _sse(writer.event("error", code=exc.code, message=exc.message, param=None))
-        await session.close(500)
+        await session.close(500, error=exc.message)

@@ -1,0 +1,1 @@
+"""The dashboard's files (pages, scripts, styles), served at /ui by `mlxrouter.api.ui`."""
