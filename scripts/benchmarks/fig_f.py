@@ -158,9 +158,13 @@ def measure(bench: Bench, fig: Figure) -> None:
         if ours.prefill - theirs.prefill > decode_gap and theirs.cached > ours.cached:
             text += (
                 " The gap is prefill that mlx_lm.server skipped: it reuses a prefix that "
-                "one of the concurrent requests has just prefilled, while mlxrouter stores "
-                "a sequence's KV cache in its prompt cache only when the sequence finishes "
-                "(`Engine._deliver`), so requests that arrive together share nothing."
+                "one of the concurrent requests has just prefilled. mlxrouter keeps a "
+                "prompt's KV cache when its prefill ends too, but a request that arrives in "
+                "the same engine turn as the others only waits for their prefill when it "
+                "shares at least `MIN_SHARED_TOKENS` (16) tokens with it "
+                "(`engine/prefix.py`); these prompts share 6, so requests that land in one "
+                "turn each prefill them, and the figure depends on how the arrivals fall "
+                "into turns."
             )
         elif ours.prefill - theirs.prefill > decode_gap:
             text += (
