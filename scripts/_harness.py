@@ -69,6 +69,25 @@ def _copy_rest(stream: IO[bytes], log: Path) -> None:
             out.write(chunk)
 
 
+#: the daemon's folders (`mlxrouter paths`), each moved under a script's own root
+DAEMON_DIRS = {
+    "MLXROUTER_CONFIG_DIR": "cfg",
+    "MLXROUTER_DATA_DIR": "data",
+    "MLXROUTER_LOG_DIR": "logs",
+    "MLXROUTER_CACHE_DIR": "cache",
+}
+
+
+def daemon_env(root: Path, **extra: str) -> dict[str, str]:
+    """The environment of a daemon a script starts: its config, data, log and cache folders
+    under `root`, never the user's (its prompt caches on disk outlive a run), the hub offline;
+    `extra` on top."""
+    env = {**os.environ, **{var: str(root / sub) for var, sub in DAEMON_DIRS.items()}}
+    env["HF_HUB_OFFLINE"] = "1"
+    env.update(extra)
+    return env
+
+
 def start_mlxrouter(
     args: Sequence[str],
     *,

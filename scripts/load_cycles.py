@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-from _harness import rss_bytes, slope, start_mlxrouter, stop
+from _harness import daemon_env, rss_bytes, slope, start_mlxrouter, stop
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / ".cache" / "models" / "SmolLM2-135M-Instruct"
@@ -51,16 +50,7 @@ def main() -> int:
             f"hf_cache: false\nmodels:\n  cycled: {{path: {entry}}}\n"
             "pool: {max_models: 1}\nlog_level: warning\nlog_file: false\n"
         )
-        env = {
-            **os.environ,
-            "MLXROUTER_DATA_DIR": str(root / "data"),
-            "MLXROUTER_CONFIG_DIR": str(root / "cfg"),
-            "MLXROUTER_LOG_DIR": str(root / "logs"),
-            # its own prompt caches on disk, not the user's (nor an earlier run's)
-            "MLXROUTER_CACHE_DIR": str(root / "cache"),
-            "HF_HUB_OFFLINE": "1",
-            "PYTHONPATH": str(args.source.resolve()),
-        }
+        env = daemon_env(root, PYTHONPATH=str(args.source.resolve()))
         daemon, url = start_mlxrouter(
             ["--config", str(config)],
             log=root / "serve.log",

@@ -10,7 +10,6 @@ Usage: scripts/screenshots [--out DIR] [--width 1280] [--height 800] [--dark]
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import tempfile
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _harness import start_mlxrouter, stop
+from _harness import daemon_env, start_mlxrouter, stop
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -165,14 +164,7 @@ def main() -> None:
             f"  {DEMO_MODEL_ID}: {{path: {chat_model}}}\n"
             f"  {DEMO_EMBEDDING_ID}: {{path: {embedding_model}}}\n"
         )
-        env = {
-            **os.environ,
-            "MLXROUTER_DATA_DIR": str(root / "data"),
-            "MLXROUTER_CONFIG_DIR": str(root / "cfg"),
-            "MLXROUTER_LOG_DIR": str(root / "logs"),
-            "MLXROUTER_CACHE_DIR": str(root / "cache"),
-            "HF_HUB_OFFLINE": "1",
-        }
+        env = daemon_env(root)
         try:
             daemon, url = start_mlxrouter(
                 ["--config", str(config)], log=root / "serve.log", env=env, timeout=180

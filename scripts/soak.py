@@ -14,7 +14,6 @@ Usage: scripts/soak [--seconds N] [--clients N] [--sample-every S] [--max-mb-per
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import sys
@@ -25,7 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-from _harness import rss_bytes, slope, start_mlxrouter
+from _harness import daemon_env, rss_bytes, slope, start_mlxrouter
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -192,15 +191,7 @@ def main() -> int:
             make_tiny_model(root / "models" / name, seed=seed, context=1024)
         config = root / "config.yaml"
         write_config(config, root / "models", 0)
-        env = {
-            **os.environ,
-            "MLXROUTER_DATA_DIR": str(root / "data"),
-            "MLXROUTER_CONFIG_DIR": str(root / "cfg"),
-            "MLXROUTER_LOG_DIR": str(root / "logs"),
-            # its own prompt caches on disk, not the user's (nor an earlier run's)
-            "MLXROUTER_CACHE_DIR": str(root / "cache"),
-            "HF_HUB_OFFLINE": "1",
-        }
+        env = daemon_env(root)
         # Port 0: the daemon binds a free port and its ready line on stdout says which.
         try:
             daemon, url = start_mlxrouter(

@@ -11,6 +11,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from _harness import DAEMON_DIRS, daemon_env
+
 from . import (
     fig_a,
     fig_b,
@@ -81,15 +83,9 @@ class Bench:
 
     def env(self, name: str, hf_cache: Path | None = None) -> dict[str, str]:
         root = self.tmp / name
-        env = dict(os.environ)
-        for var, sub in (
-            ("MLXROUTER_CONFIG_DIR", "config"),
-            ("MLXROUTER_DATA_DIR", "data"),
-            ("MLXROUTER_LOG_DIR", "logs"),
-            ("MLXROUTER_CACHE_DIR", "cache"),
-        ):
+        env = daemon_env(root)
+        for sub in DAEMON_DIRS.values():
             (root / sub).mkdir(parents=True, exist_ok=True)
-            env[var] = str(root / sub)
         (root / "data" / "models").mkdir(exist_ok=True)
         empty = self.tmp / "hf-empty"
         empty.mkdir(exist_ok=True)
