@@ -34,6 +34,13 @@ def open_tab(driver: webdriver.Chrome, url: str, app: Any, tab: str) -> None:
     wait_for(driver, lambda _: daemon.activity.subscribers > 0, "the page's subscription")
 
 
+def open_overview(driver: webdriver.Chrome, url: str, app: Any) -> str:
+    """Open the Overview and return its budget line once the pool's figures are in."""
+    open_tab(driver, url, app, "overview")
+    wait_for(driver, lambda d: " of " in d.find_element(By.ID, "budget-text").text, "the pool")
+    return str(driver.find_element(By.ID, "budget-text").text)
+
+
 def switch(driver: webdriver.Chrome, tab: str) -> None:
     driver.find_element(By.CSS_SELECTOR, f'#tabs a[data-tab="{tab}"]').click()
     wait_for(driver, lambda d: d.find_element(By.ID, "view").get_attribute("data-tab") == tab, tab)
@@ -113,9 +120,7 @@ def test_the_overview_lists_a_model_once_it_is_loaded(tiny_models: Path) -> None
         httpx.Client(base_url=url, timeout=60) as http,
         chromium() as driver,
     ):
-        open_tab(driver, url, app, "overview")
-        wait_for(driver, lambda d: " of " in d.find_element(By.ID, "budget-text").text, "the pool")
-        empty_budget = driver.find_element(By.ID, "budget-text").text
+        empty_budget = open_overview(driver, url, app)
         assert row(driver, "loaded", "tiny-a") is None
         assert driver.find_element(By.ID, "in-flight").text == "0"
         assert driver.find_element(By.ID, "queue-depth").text == "0"
@@ -142,9 +147,7 @@ def test_load_pin_and_unload_on_the_models_tab(tiny_models: Path) -> None:
         httpx.Client(base_url=url, timeout=60) as http,
         chromium() as driver,
     ):
-        open_tab(driver, url, app, "overview")
-        wait_for(driver, lambda d: " of " in d.find_element(By.ID, "budget-text").text, "the pool")
-        empty_budget = driver.find_element(By.ID, "budget-text").text
+        empty_budget = open_overview(driver, url, app)
         switch(driver, "models")
         wait_for(driver, lambda d: state_of(d, "models-table", "tiny-a") == "not loaded", "rows")
         assert state_of(driver, "models-table", "tiny-b") == "not loaded"
