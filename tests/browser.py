@@ -113,3 +113,12 @@ def wait_for(driver: webdriver.Chrome, check: Callable[[webdriver.Chrome], T], w
     except Exception as exc:
         waited = time.monotonic() - started
         raise AssertionError(f"gave up after {waited:.0f} s waiting for {what}") from exc
+
+
+def wait_shown(driver: webdriver.Chrome, element_id: str, what: str) -> WebElement:
+    """Wait until the element `#element_id` is displayed and return it."""
+    return wait_for(
+        driver,
+        lambda d: (e := d.find_element(By.ID, element_id)).is_displayed() and e,
+        what,
+    )

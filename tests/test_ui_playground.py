@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from browser import By, chromium, console_errors, wait_for
+from browser import By, chromium, console_errors, wait_for, wait_shown
 from conftest import running_daemon, wait_until
 from imagedata import png
 from selenium.webdriver.support.ui import Select
@@ -265,11 +265,7 @@ def test_a_refused_request_is_told_and_left_out_of_the_conversation(tiny_models:
         type_into(driver, "pg-max-tokens", "3")
         type_into(driver, "pg-temperature", "5")  # the daemon takes 0 to 2
         ask(driver, "Hello")
-        toast = wait_for(
-            driver,
-            lambda d: (t := d.find_element(By.ID, "toast")).is_displayed() and t,
-            "the error's toast",
-        )
+        toast = wait_shown(driver, "toast", "the error's toast")
         assert "temperature" in toast.text
         wait_for(driver, answered(1), "the refused answer to end")
         assert "failed" in (last_answer(driver).get_attribute("class") or "")

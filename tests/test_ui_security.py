@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from browser import By, chromium, console_errors, wait_for
+from browser import By, chromium, console_errors, wait_for, wait_shown
 from conftest import running_daemon
 
 from mlxrouter.api.ui import SESSION_COOKIE
@@ -77,11 +77,7 @@ def test_a_wrong_key_is_told_and_the_right_one_opens_the_dashboard(url: str) -> 
     with chromium() as driver:
         driver.get(url + "/ui")
         submit_key(driver, "not-the-key")
-        error = wait_for(
-            driver,
-            lambda d: (e := d.find_element(By.ID, "login-error")).is_displayed() and e,
-            "the wrong key's message",
-        )
+        error = wait_shown(driver, "login-error", "the wrong key's message")
         assert "Wrong API key" in error.text
         assert driver.current_url.endswith("/ui/login")
         assert driver.get_cookie(SESSION_COOKIE) is None
@@ -114,11 +110,7 @@ def test_logging_out_returns_to_the_login_page(url: str) -> None:
         driver.get(url + "/ui")
         submit_key(driver, KEY)
         wait_for(driver, on_dashboard, "the dashboard")
-        logout = wait_for(
-            driver,
-            lambda d: (b := d.find_element(By.ID, "logout")).is_displayed() and b,
-            "the log-out button",
-        )
+        logout = wait_shown(driver, "logout", "the log-out button")
         logout.click()
         wait_for(driver, lambda d: d.current_url.endswith("/ui/login"), "the login page")
         assert driver.get_cookie(SESSION_COOKIE) is None
