@@ -330,6 +330,8 @@ class Pool:
         if entry is not None and entry.pinned:
             entry.pinned = False
             entry.last_used = time.monotonic()  # its idle time counts from now
+            # Listeners (the dashboard) learn of it as of any change to an entry's lifetime.
+            self._tell(key, "serving" if entry.in_flight else "idle", entry.in_flight)
 
     async def invalidate(self, keys: set[str]) -> None:
         """These entries' files changed or they left the registry: unload each once idle

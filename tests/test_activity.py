@@ -162,6 +162,18 @@ def test_admin_load_and_unload_emit_pool_events(tiny_models: Path) -> None:
             "unloaded",
             0,
         )
+        # Pinning and unpinning change the entry's lifetime: each is a pool event too.
+        assert http.post("/admin/load", json={"model": "tiny-b", "pin": True}).status_code == 200
+        pool = [first(events, lambda e: e[0] == "pool")[1] for _ in range(4)]
+        assert (pool[-1]["id"], pool[-1]["state"]) == ("tiny-b", "idle")
+        assert http.post("/admin/load", json={"model": "tiny-b", "pin": False}).status_code == 200
+        # the load itself (already loaded: a lease's serving and idle), then the unpin
+        pool = [first(events, lambda e: e[0] == "pool")[1] for _ in range(3)]
+        assert [(e["id"], e["state"]) for e in pool] == [
+            ("tiny-b", "serving"),
+            ("tiny-b", "idle"),
+            ("tiny-b", "idle"),
+        ]
 
 
 def test_log_lines_arrive_as_log_events(tiny_models: Path) -> None:
