@@ -48,6 +48,8 @@ REMOTE_CODE_KEYS = ("auto_map", "model_file")
 
 #: what a model serves: chat/completions, or embeddings
 ModelType = Literal["chat", "embedding", "vision"]
+#: the config.json key a GGUF conversion (`gguf.convert_gguf`) marks its folder with
+CONVERTED_FROM_KEY = "mlxrouter_converted_from"
 
 #: config.json `architectures` that are encoders: their folders serve embeddings only
 ENCODER_ARCHITECTURES = frozenset(
@@ -117,6 +119,9 @@ class FoundModel:
     matryoshka: bool = False
     #: an encoder architecture the engine cannot run (`NomicBertModel`): listed, not served
     unsupported: str | None = None
+    #: "gguf" for a folder `mlxrouter import-gguf` (or the demo model's set-up) converted,
+    #: marked by config.json's `mlxrouter_converted_from`; else None
+    converted_from: Literal["gguf"] | None = None
 
 
 # --- field extraction --------------------------------------------------------------------
@@ -224,6 +229,7 @@ def describe_folder(
         max_input_tokens=embedding[1],
         matryoshka=is_embedding and _matryoshka(real, config),
         unsupported=unsupported_encoder(config) if is_embedding else None,
+        converted_from="gguf" if config.get(CONVERTED_FROM_KEY) == "gguf" else None,
     )
 
 

@@ -28,6 +28,7 @@ import mlx.core as mx
 import numpy as np
 from tokenizers import Tokenizer
 
+from mlxrouter.discovery import CONVERTED_FROM_KEY
 from mlxrouter.errors import GGUFConversionError
 from mlxrouter.gguf_reader import (
     GROUP_SIZE,
@@ -128,6 +129,8 @@ def convert_gguf(
     tokenizer_files = convert_tokenizer(meta, context_length=config.get("max_position_embeddings"))
     report("tokenizer", 1.0)
     config.update(token_ids(meta))
+    # Where the folder came from, for the model's card (`converted_from`); loaders ignore it.
+    config[CONVERTED_FROM_KEY] = "gguf"
 
     report("writing", 0.0)
     # mkdir (not mkdtemp) so the folder gets the usual umask permissions, not 0700.

@@ -69,6 +69,8 @@ class ModelCard(msgspec.Struct, kw_only=True):
     #: where the registry found it: a `models:` entry with a `path` ("config"), a folder of
     #: `model_dirs` ("model_dir"), the Hugging Face cache ("hf_cache") or an upstream ("remote")
     source: Source | None = None
+    #: "gguf" when the folder was converted from a GGUF file (`mlxrouter import-gguf`)
+    converted_from: Literal["gguf"] | None = None
     #: served across machines by a worker group (a `distributed:` entry)
     distributed: bool = False
 
@@ -200,6 +202,7 @@ def model_card(
         max_input_tokens=model.max_input_tokens,
         matryoshka=model.matryoshka,
         source=entry.source,
+        converted_from=None if remote else model.converted_from,
         distributed=entry.options.distributed is not None,
     )
 

@@ -4,7 +4,9 @@ model was found in `/v1/models`."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import httpx
@@ -75,8 +77,18 @@ def test_the_pool_reports_the_machines_memory(tiny_models: Path) -> None:
     assert msgspec.convert(status, PoolStatus).machine_memory_bytes is None
 
 
-def test_models_say_where_they_were_found(tiny_models: Path) -> None:
-    yaml = config(tiny_models, f"models:\n  named: {{path: {tiny_models / 'tiny-b'}}}\n")
+def test_models_say_where_they_were_found(tiny_models: Path, tmp_path: Path) -> None:
+    # A folder `mlxrouter import-gguf` converted carries a mark in its config.json.
+    converted = tmp_path / "converted"
+    shutil.copytree(tiny_models / "tiny-a", converted)
+    marked = {**json.loads((converted / "config.json").read_text())}
+    marked["mlxrouter_converted_from"] = "gguf"
+    (converted / "config.json").write_text(json.dumps(marked))
+    yaml = config(
+        tiny_models,
+        f"models:\n  named: {{path: {tiny_models / 'tiny-b'}}}\n"
+        f"  from-gguf: {{path: {converted}}}\n",
+    )
     with (
         running_daemon(yaml) as (url, _),
         httpx.Client(base_url=url, timeout=60) as http,
@@ -85,4 +97,7 @@ def test_models_say_where_they_were_found(tiny_models: Path) -> None:
         assert cards["tiny-a"]["source"] == "model_dir"
         assert cards["named"]["source"] == "config"
         assert cards["tiny-a"]["distributed"] is False
+        assert cards["tiny-a"]["converted_from"] is None
+        assert cards["from-gguf"]["converted_from"] == "gguf"
+        assert cards["from-gguf"]["source"] == "config"
         assert http.get("/v1/models/named").json()["source"] == "config"

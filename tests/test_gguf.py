@@ -18,6 +18,7 @@ import pytest
 
 from mlxrouter.cli import main as cli_main
 from mlxrouter.demo import DEMO_MODEL_ID, ensure_demo_model, fetch_demo_gguf
+from mlxrouter.discovery import describe_folder
 from mlxrouter.errors import GGUFConversionError
 from mlxrouter.gguf import convert_gguf, model_id_for
 
@@ -73,6 +74,7 @@ def test_demo_config(converted_demo: Path) -> None:
     assert (quantization["group_size"], quantization["bits"]) == (32, 4)
     assert quantization["model.embed_tokens"] == {"group_size": 32, "bits": 8}
     assert config["eos_token_id"] == 2
+    assert config["mlxrouter_converted_from"] == "gguf"  # what the model's card shows
     assert not [p for p in converted_demo.parent.iterdir() if p.name.startswith(".")]
 
 
@@ -483,6 +485,8 @@ def test_import_gguf_serves_the_file_without_its_quant_tag(
     assert (data / "models" / "my-smol" / "config.json").is_file()
     assert cli_main(["models"]) == 0
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]] == ["my-smol"]
+    found = describe_folder("my-smol", data / "models" / "my-smol")
+    assert found is not None and found.converted_from == "gguf"  # its card says so
     # A folder outside every scanned one: the command says how to serve it.
     assert cli_main(["import-gguf", str(source), str(tmp_path / "elsewhere" / "x")]) == 0
     assert "add its parent folder to `model_dirs`" in capsys.readouterr().out

@@ -226,7 +226,8 @@ function typeOf(card) {
 
 function sourceOf(card) {
   if (card.kind === "remote") return `upstream ${card.upstream}`;
-  return SOURCES[card.source] ?? "–";
+  const found = SOURCES[card.source] ?? "–";
+  return card.converted_from === "gguf" ? `GGUF, ${found}` : found;
 }
 
 function searchText(card) {
