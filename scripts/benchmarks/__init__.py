@@ -12,8 +12,8 @@ and prints every figure with its ratio and target; the default and --full modes 
 docs/BENCHMARKS.md. Timings are reported, never asserted.
 
   a  steady single-model tokens/s: mlxrouter vs in-process mlx_lm.stream_generate
-  b  requests alternating between two models: mlxrouter vs mlx_lm.server
-  c  requests alternating base <-> LoRA adapter: mlxrouter vs mlx_lm.server
+  b  switch time to first token: alternating two models vs one (mlx_lm.server reloading too)
+  c  the same for base <-> LoRA adapter
   d  GET /v1/models p50 with 10, 100, 1000 repos in the HF cache
   e  cold load (POST /admin/load) vs a raw read of the same files
   f  8 concurrent clients on one model, aggregate tokens/s
@@ -24,6 +24,8 @@ docs/BENCHMARKS.md. Timings are reported, never asserted.
      and a chat stream's time per token while an indexing job of 5,000 texts runs
   v  vision: time to first token for a 512 x 512 image prompt against mlx-vlm in process, and
      a second turn about the same image with and without the prompt cache
+  x  speculative decoding: decode tokens/s of a model 4x the demo model's depth with the demo
+     model drafting, against no draft (a draft that agrees, and one that seldom does)
   +  "where one request's time goes": a profile of the daemon's request path outside MLX
 
 Models: the real SmolLM2-135M-Instruct (a, f, s, h, i, profile), the real all-MiniLM-L6-v2
@@ -35,5 +37,5 @@ Qwen2-VL (v), built once there by the tests' builder.
 # Layout: __main__ (flags, run, print, write), suite (the Bench run: servers, figures in order),
 # harness (server processes), models (building and caching the models), measure (timed
 # requests), machine (CPU, memory, page cache, RSS), common (modes, figures, formatting),
-# report (docs/BENCHMARKS.md), and one module per figure: fig_a ... fig_i, fig_s, fig_v,
+# report (docs/BENCHMARKS.md), and one module per figure: fig_a ... fig_i, fig_s, fig_v, fig_x,
 # fig_profile.

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--quick", action="store_true", help="a 2-3 minute smoke run")
     size.add_argument("--full", action="store_true", help="more repetitions and tokens")
     parser.add_argument(
-        "--only", default="", help="comma-separated figures: a,b,c,d,e,f,g,h,i,p,s,v,profile"
+        "--only", default="", help="comma-separated figures: a,b,c,d,e,f,g,h,i,p,s,v,x,profile"
     )
     parser.add_argument(
         "--no-write", action="store_true", help="print only; leave docs/BENCHMARKS.md alone"

@@ -1,5 +1,6 @@
-"""Figure c: requests alternating between a ~1B base model and a LoRA adapter on it, mlxrouter
-(keeps both, sharing the base's arrays) against mlx_lm.server (reloads base + adapter)."""
+"""Figure c: switch time to the first token between a ~1B base model and a LoRA adapter on it:
+mlxrouter (keeps both, sharing the base's arrays) alternating against mlxrouter on the base
+alone, with mlx_lm.server (reloads base + adapter on every switch) for reference."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ if TYPE_CHECKING:
     from .suite import Bench
 
 KEY = "c"
-TITLE = "requests alternating base ↔ LoRA adapter (~1B)"
-TARGET = "≥ 3x mlx_lm.server"
+TITLE = "switch time to first token: alternating base ↔ LoRA adapter (~1B)"
+TARGET = "≤ 1.05x staying on one, below mlx_lm.server's"
 
 
 def measure(bench: Bench, fig: Figure) -> None:
@@ -28,7 +29,6 @@ def measure(bench: Bench, fig: Figure) -> None:
             {"model": str(bench.big[0]), "adapters": str(bench.adapter)},
         ],
     )
-    fig.met = (fig.ratio or 0) >= 3.0
     size = (bench.adapter / "adapters.safetensors").stat().st_size
     fig.details.append(
         f"The adapter: LoRA rank {LORA['rank']} on every linear layer of all "
@@ -37,4 +37,4 @@ def measure(bench: Bench, fig: Figure) -> None:
         "arrays."
     )
     if not fig.met:
-        switch_cause(bench, fig, runs, 3.0)
+        switch_cause(bench, fig, runs)

@@ -131,6 +131,45 @@ def big_model(name: str, seed: int, tokenizer_from: Path) -> Path:
     return folder
 
 
+def deep_model(draft: Path, extra_layers: int, agree: bool) -> Path:
+    """Figure x's bigger model: the demo model with `extra_layers` more decoder layers after its
+    own, each a copy of one of its layers (so every token costs that much more compute). With
+    `agree`, each extra layer's output projections (attention `o_proj`, MLP `down_proj`) are
+    zeroed, so it adds nothing to the residual stream and the model predicts exactly what the
+    demo model does: a draft that always agrees, as a small model of a family largely does for
+    its big sibling. Without, the copies change the answer: a draft that seldom agrees."""
+    name = f"smollm2-deep{extra_layers}-{'agree' if agree else 'differ'}"
+    folder = BENCH_CACHE / name
+    stamp = {"version": 1, "extra_layers": extra_layers, "agree": agree, "from": draft.name}
+    if _stamp_ok(folder, stamp):
+        return folder
+    from safetensors.numpy import load_file, save_file
+
+    print(f"  building {name} into {folder}", file=sys.stderr)
+    BENCH_CACHE.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=BENCH_CACHE))
+    config = json.loads((draft / "config.json").read_text())
+    layers = int(config["num_hidden_layers"])
+    weights = load_file(str(draft / "model.safetensors"))
+    for i in range(extra_layers):
+        source, target = f"model.layers.{i % layers}.", f"model.layers.{layers + i}."
+        for key in [k for k in weights if k.startswith(source)]:
+            value = weights[key].copy()
+            silenced = (".o_proj.", ".down_proj.")
+            if agree and any(p in key for p in silenced) and key.endswith((".scales", ".biases")):
+                value[...] = 0  # a quantized weight of scale 0 and bias 0 is all zeros
+            weights[target + key[len(source) :]] = value
+    save_file(weights, str(scratch / "model.safetensors"), metadata={"format": "mlx"})
+    (scratch / "config.json").write_text(
+        json.dumps({**config, "num_hidden_layers": layers + extra_layers}, indent=2)
+    )
+    for file in draft.iterdir():
+        if file.is_file() and file.name not in ("config.json", "model.safetensors"):
+            shutil.copy(file, scratch / file.name)
+    _publish(scratch, folder, stamp)
+    return folder
+
+
 def big_adapter(name: str, base: Path, seed: int) -> Path:
     """A LoRA adapter for `base` in mlx_lm.lora's format (rank 8 on every linear of all 16
     layers), with small random `lora_b` so it really changes the answers."""

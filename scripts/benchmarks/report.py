@@ -101,9 +101,9 @@ def write_doc(bench: Bench, meta: dict[str, Any], doc: Path) -> None:
         "precision)"
         + (
             f"; even so, one request of a 1-token prompt and max_tokens=1 takes "
-            f"{fmt_s(median([t.seconds for t in bench.same_model['mlxrouter']]))} on it here "
+            f"{fmt_s(median([t.seconds for t in bench.same_model['distinct']]))} on it here "
             "(figure b)."
-            if bench.same_model.get("mlxrouter")
+            if bench.same_model.get("distinct")
             else "."
         ),
         f"- **bench-1b-a-lora**: a LoRA adapter on bench-1b-a (rank {LORA['rank']}, every "
@@ -202,8 +202,8 @@ def recommendations(bench: Bench) -> list[str]:
         )
     if any(figures.get(k) and figures[k].met is False for k in "bc"):
         out.append(
-            "- Not a change to mlxrouter: figures b and c need a machine where loading costs "
-            "more than a request's generation. Rerun `scripts/bench --full` on Apple silicon "
-            "(or with a GPU) for the figures users will see."
+            "- **Switching between loaded entries**: figure b or c measured a switch that "
+            "costs more than staying on one model, or no less than mlx_lm.server's reload; "
+            "the figure's causes give the numbers to start from."
         )
     return out or ["- None: every figure met its target in this run."]

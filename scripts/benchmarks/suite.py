@@ -27,6 +27,7 @@ from . import (
     fig_profile,
     fig_s,
     fig_v,
+    fig_x,
 )
 from .common import MB, REPO, Figure, Mode, verdict
 from .harness import MlxLmServer, MlxRouter, Server
@@ -67,7 +68,8 @@ class Bench:
         self.profile_lines: list[str] = []
         self.notes: list[str] = []
         self.cold_cache = False
-        self.same_model: dict[str, list[Timed]] = {}  # figure b's no-switch baseline, reused in c
+        # figure b's one-model sequences per prompt variant ("server": mlx_lm.server's), for c too
+        self.same_model: dict[str, list[Timed]] = {}
         self.facts: dict[str, float] = {}  # measured numbers the recommendations refer to
         self.single_rate: float | None = None  # figure a's decode rate, for scale in f
         self.switch_loads: dict[str, float] = {}  # mlxrouter's load seconds in b, then c
@@ -201,6 +203,7 @@ class Bench:
         self.run_figure(fig_h)
         self.run_figure(fig_i)
         self.run_figure(fig_v)
+        self.run_figure(fig_x)
         if self.wanted("profile"):
             print("== profile of one request's path", file=sys.stderr, flush=True)
             try:
