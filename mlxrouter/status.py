@@ -73,6 +73,9 @@ class ModelCard(msgspec.Struct, kw_only=True):
     converted_from: Literal["gguf"] | None = None
     #: served across machines by a worker group (a `distributed:` entry)
     distributed: bool = False
+    #: an alias (a `models:` entry with `model:`): the id it stands for, which `/admin/pool`
+    #: lists; else None
+    alias_of: str | None = None
 
 
 class ModelDetail(ModelCard, kw_only=True):
@@ -203,6 +206,7 @@ def model_card(
         matryoshka=model.matryoshka,
         source=entry.source,
         converted_from=None if remote else model.converted_from,
+        alias_of=entry.id if model_id != entry.id else None,
         distributed=entry.options.distributed is not None,
     )
 

@@ -87,7 +87,8 @@ def test_models_say_where_they_were_found(tiny_models: Path, tmp_path: Path) -> 
     yaml = config(
         tiny_models,
         f"models:\n  named: {{path: {tiny_models / 'tiny-b'}}}\n"
-        f"  from-gguf: {{path: {converted}}}\n",
+        f"  from-gguf: {{path: {converted}}}\n"
+        "  short: {model: tiny-a}\n",
     )
     with (
         running_daemon(yaml) as (url, _),
@@ -100,4 +101,7 @@ def test_models_say_where_they_were_found(tiny_models: Path, tmp_path: Path) -> 
         assert cards["tiny-a"]["converted_from"] is None
         assert cards["from-gguf"]["converted_from"] == "gguf"
         assert cards["from-gguf"]["source"] == "config"
+        # An alias names the id the pool lists it under; other cards are no alias.
+        assert cards["short"]["alias_of"] == "tiny-a"
+        assert cards["tiny-a"]["alias_of"] is None
         assert http.get("/v1/models/named").json()["source"] == "config"

@@ -142,8 +142,9 @@ def test_the_overview_lists_a_model_once_it_is_loaded(tiny_models: Path) -> None
 
 
 def test_load_pin_and_unload_on_the_models_tab(tiny_models: Path) -> None:
+    alias = "models:\n  short: {model: tiny-a}\n"  # its row shows tiny-a's pool entry
     with (
-        running_daemon(config(tiny_models)) as (url, app),
+        running_daemon(config(tiny_models, alias)) as (url, app),
         httpx.Client(base_url=url, timeout=60) as http,
         chromium() as driver,
     ):
@@ -165,6 +166,8 @@ def test_load_pin_and_unload_on_the_models_tab(tiny_models: Path) -> None:
         click(driver, "tiny-a", "pin")
         wait_for(driver, lambda d: pin_label(d) == "Unpin", "Unpin")
         assert text_in(driver, "models-table", "tiny-a", "td.pin") == "pinned"
+        assert text_in(driver, "models-table", "short", "td.pin") == "pinned"
+        assert text_in(driver, "models-table", "short", 'button[data-action="pin"]') == "Unpin"
         assert http.get("/admin/pool").json()["entries"][0]["pinned"] is True
         switch(driver, "overview")
         wait_for(driver, lambda d: row(d, "loaded", "tiny-a") is not None, "tiny-a's row")

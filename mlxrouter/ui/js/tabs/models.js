@@ -56,7 +56,8 @@ export function mount(root, ui) {
     if (now === drawn) return;
     drawn = now;
     const entries = new Map(pool.entries.map((e) => [e.id, e]));
-    rows.replaceChildren(...cards.flatMap((card) => rowsFor(card, entries.get(card.id))));
+    // An alias's row shows the entry of the id it stands for (the pool lists canonical ids).
+    rows.replaceChildren(...cards.flatMap((card) => rowsFor(card, entries.get(card.alias_of ?? card.id))));
     applyFilter();
   }
 
