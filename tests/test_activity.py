@@ -29,7 +29,10 @@ def sse_events(response: httpx.Response) -> Iterator[Event]:
     come first: what happens before that comment is not seen)."""
     lines = response.iter_lines()
     assert next(lines) == ": mlxrouter events"
-    return _events(lines)
+    events = _events(lines)
+    name, data = next(events)  # and a heartbeat, for readers that never see comments
+    assert (name, data["dropped"]) == ("heartbeat", 0)
+    return events
 
 
 def _events(lines: Iterator[str]) -> Iterator[Event]:

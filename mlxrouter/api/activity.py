@@ -16,6 +16,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import Stream
 
 from ..activity import Activity, Event
+from ..activity import heartbeat as heartbeat_event
 from ..daemon import Daemon
 from ..status import ActivityAnswer, ErrorResponse
 from .session import SSE_HEADERS
@@ -60,7 +61,10 @@ async def admin_events(state: State) -> Stream:
 async def _sse(activity: Activity, heartbeat: float) -> AsyncIterator[bytes]:
     subscription = activity.subscribe()
     try:
-        yield b": mlxrouter events\n\n"  # sent at once, so a client knows it is subscribed
+        # Sent at once, so a client knows it is subscribed: the comment for readers of the
+        # raw stream, a heartbeat for an EventSource (which fires `open` on the headers, sent
+        # before this generator subscribes, and never shows comments).
+        yield b": mlxrouter events\n\n" + _frame(heartbeat_event(0))
         while (event := await subscription.next(heartbeat)) is not None:
             yield _frame(event)
     finally:  # the client went (Litestar cancels the sender), or the feed closed

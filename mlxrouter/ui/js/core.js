@@ -15,16 +15,19 @@ let source = null;
 function openFeed() {
   const state = document.getElementById("feed-state");
   source = new EventSource(API + "/admin/events");
-  source.addEventListener("open", () => {
+  // Live from the first event (the daemon sends a heartbeat once it has subscribed the
+  // page), not from `open`, which fires on the headers a moment before.
+  const live = () => {
     state.textContent = "live";
     state.className = "feed live";
-  });
+  };
   source.addEventListener("error", () => {
     state.textContent = "reconnecting…";
     state.className = "feed down";
   });
   for (const name of ["pool", "request.started", "request.finished", "log", "heartbeat"]) {
     source.addEventListener(name, (event) => {
+      live();
       const data = JSON.parse(event.data);
       for (const fn of listeners.get(name) ?? []) fn(data);
     });
