@@ -193,6 +193,29 @@ def test_load_pin_and_unload_on_the_models_tab(tiny_models: Path) -> None:
         assert console_errors(driver) == []
 
 
+def test_two_loaded_models_never_share_a_colour_on_the_budget_bar(tiny_models: Path) -> None:
+    # tiny-a and tiny-g hash to the same colour; the second takes the next free one.
+    extra = f"models:\n  tiny-g: {{path: {tiny_models / 'tiny-b'}}}\n"
+    with (
+        running_daemon(config(tiny_models, extra)) as (url, app),
+        httpx.Client(base_url=url, timeout=60) as http,
+        chromium() as driver,
+    ):
+        for model in ("tiny-a", "tiny-g"):
+            assert http.post("/admin/load", json={"model": model}).status_code == 200
+        open_overview(driver, url, app)
+        wait_for(driver, lambda d: budget_segment(d, "tiny-g") is not None, "both segments")
+        colours = {}
+        for model in ("tiny-a", "tiny-g"):
+            segment = budget_segment(driver, model)
+            assert segment is not None
+            colours[model] = segment.value_of_css_property("background-color")
+        assert colours["tiny-a"] != colours["tiny-g"]
+        swatches = driver.find_elements(By.CSS_SELECTOR, "ul.legend .swatch")
+        assert len({s.value_of_css_property("background-color") for s in swatches}) == 2
+        assert console_errors(driver) == []
+
+
 def test_the_filter_hides_models_that_do_not_match(tiny_models: Path) -> None:
     with running_daemon(config(tiny_models)) as (url, app), chromium() as driver:
         open_tab(driver, url, app, "models")

@@ -78,6 +78,7 @@ export function mount(root, ui) {
         ? "of the machine's memory (no pool.max_memory set)"
         : "no pool.max_memory set, and the machine's memory is unknown";
     bar.setAttribute("aria-label", budgetText.textContent);
+    const hue = hues(status.entries.map((entry) => entry.id));
     bar.replaceChildren(
       ...status.entries.map((entry) => {
         const segment = h("div", {
@@ -237,10 +238,21 @@ function stateClass(entry) {
 }
 
 // A colour per model id that stays while other entries come and go.
-function hue(id) {
-  let sum = 0;
-  for (const char of id) sum = (sum * 31 + char.codePointAt(0)) % 9973;
-  return `hue-${sum % 6}`;
+// A colour class per id: each id keeps its own (from a hash of it) across refreshes unless
+// another loaded id has it, then the next free one, so no two segments of the bar look alike
+// (up to the six colours there are).
+const HUES = 6;
+
+function hues(ids) {
+  const taken = new Map();
+  for (const id of [...ids].sort()) {
+    let sum = 0;
+    for (const char of id) sum = (sum * 31 + char.codePointAt(0)) % 9973;
+    let index = sum % HUES;
+    for (let tries = 0; tries < HUES && [...taken.values()].includes(index); tries += 1) index = (index + 1) % HUES;
+    taken.set(id, index);
+  }
+  return (id) => `hue-${taken.get(id) ?? 0}`;
 }
 
 function ago(seconds) {
