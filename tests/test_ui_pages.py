@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import openai
+import pytest
 from browser import By, WebElement, chromium, console_errors, wait_for
 from conftest import running_daemon
 from selenium import webdriver
@@ -19,6 +20,7 @@ from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.support.ui import Select
 
 from mlxrouter.daemon import Daemon
+from mlxrouter.demo import DEMO_MODEL_ID
 
 
 def config(models: Path, extra: str = "") -> str:
@@ -214,6 +216,42 @@ def test_two_loaded_models_never_share_a_colour_on_the_budget_bar(tiny_models: P
         swatches = driver.find_elements(By.CSS_SELECTOR, "ul.legend .swatch")
         assert len({s.value_of_css_property("background-color") for s in swatches}) == 2
         assert console_errors(driver) == []
+
+
+@pytest.mark.slow
+def test_unloading_a_model_that_is_serving_says_why_and_keeps_it(demo_model: Path) -> None:
+    yaml = f"hf_cache: false\nmodels:\n  {DEMO_MODEL_ID}: {{path: {demo_model}}}\n"
+    long = {
+        "model": DEMO_MODEL_ID,
+        "messages": [{"role": "user", "content": "Count from 1 to 1000, one number a line."}],
+        "max_tokens": 2000,
+        "temperature": 0,
+        "stream": True,
+    }
+    with (
+        running_daemon(yaml) as (url, app),
+        httpx.Client(base_url=url, timeout=60) as http,
+        chromium() as driver,
+        http.stream("POST", "/v1/chat/completions", json=long) as serving,
+    ):
+        # The demo model writes a few tokens a second: it serves for minutes unless stopped.
+        # (the lines' iterator is kept: dropping it would close the connection, and with it
+        # the generation)
+        lines = serving.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+        open_tab(driver, url, app, "models")
+        wait_for(driver, lambda d: state_of(d, "models-table", DEMO_MODEL_ID) == "loaded", "row")
+        (entry,) = http.get("/admin/pool").json()["entries"]
+        assert entry["in_flight"] == 1  # still answering
+        click(driver, DEMO_MODEL_ID, "unload")
+        toast = driver.find_element(By.ID, "toast")
+        wait_for(driver, lambda d: "is serving requests" in toast.text, "the 409's message")
+        assert toast.text.startswith(f"Unload {DEMO_MODEL_ID}")
+        assert state_of(driver, "models-table", DEMO_MODEL_ID) == "loaded"
+        assert [e["id"] for e in http.get("/admin/pool").json()["entries"]] == [DEMO_MODEL_ID]
+        # The one console error is the network's line for the 409 itself.
+        errors = console_errors(driver)
+        assert len(errors) == 1 and "admin/unload" in errors[0] and "status of 409" in errors[0]
 
 
 def test_the_filter_hides_models_that_do_not_match(tiny_models: Path) -> None:
