@@ -1,6 +1,8 @@
 """The dashboard's Overview, Models, Activity and Logs tabs in a real browser (headless
-Chromium) against a real daemon with tiny models: what each shows, live, without a reload, and
-what its buttons do. Every test ends with the browser's console free of errors."""
+Chromium) against a real daemon with tiny models (the demo model where a request must last):
+what each shows, live, without a reload, and what its buttons do. Every test ends with the
+browser's console free of errors, but for the network's line of an answer the test expects to
+be refused."""
 
 from __future__ import annotations
 
