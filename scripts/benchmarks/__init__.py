@@ -25,7 +25,8 @@ docs/BENCHMARKS.md. Timings are reported, never asserted.
   v  vision: time to first token for a 512 x 512 image prompt against mlx-vlm in process, and
      a second turn about the same image with and without the prompt cache
   x  speculative decoding: decode tokens/s of a model 4x the demo model's depth with the demo
-     model drafting, against no draft (a draft that agrees, and one that seldom does)
+     model drafting, against mlx_lm's own in process, and against no draft (a draft that
+     agrees, and one that seldom does)
   +  "where one request's time goes": a profile of the daemon's request path outside MLX
 
 Models: the real SmolLM2-135M-Instruct (a, f, s, h, i, profile), the real all-MiniLM-L6-v2
