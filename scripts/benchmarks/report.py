@@ -113,6 +113,10 @@ def write_doc(bench: Bench, meta: dict[str, Any], doc: Path) -> None:
         "",
         *table(figures),
         "",
+        "Memory over hours (a 60-minute soak with model churn; 1,000 load/unload cycles of the "
+        "demo model) is measured by `scripts/soak` and `scripts/load_cycles.py`, not by this "
+        "suite: their commands and results are in [MEMORY.md](MEMORY.md).",
+        "",
     ]
     for f in sorted(figures, key=lambda f: f.key):
         lines += [
