@@ -134,8 +134,9 @@ def _models_cause(bench: Bench, fig: Figure, rows: list[Any]) -> None:
         text += f", of which building and sorting the cards is {fmt_s(build)}"
     text += (
         f"; the rest of the {fmt_s(total)} p50 is uvicorn, the socket and the client "
-        "parsing the body. The handler rebuilds every card on every request. Nothing scans "
-        "the disk: new repos appear once the watcher's rebuild is done."
+        "parsing the body. The handler encodes the list once per registry snapshot and "
+        "loaded set (`ModelsAnswer`) and sends those bytes again. Nothing scans the disk: "
+        "new repos appear once the watcher's rebuild is done."
     )
     bench.facts["models_in_app_s"] = in_app
     fig.cause.append(text)

@@ -151,12 +151,11 @@ def recommendations(bench: Bench) -> list[str]:
     if figures.get("d") and figures["d"].met is False:
         in_app = facts.get("models_in_app_s")
         out.append(
-            "- **`/v1/models`**: build the list once per registry snapshot and keep the encoded "
-            "bytes (refresh the `loaded` flags when the pool changes) instead of rebuilding "
-            "and encoding every card per request"
+            "- **`/v1/models`**: the answer is already encoded once per registry snapshot and "
+            "loaded set; what is left grows with its size"
             + (f" ({fmt_s(in_app)} in the app at 1000 repos)" if in_app else "")
-            + "; the registry is immutable, so the swap itself invalidates it. The remaining "
-            "cost is the size of the answer."
+            + ": leave null fields out of the cards, or offer a compact listing for clients "
+            "that only need the ids."
         )
     shared = facts.get("f_shared_cached_theirs", 0) - facts.get("f_shared_cached_ours", 0)
     if shared > 0:
