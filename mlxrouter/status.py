@@ -205,7 +205,7 @@ def model_card(
         max_input_tokens=model.max_input_tokens,
         matryoshka=model.matryoshka,
         source=entry.source,
-        converted_from=None if remote else model.converted_from,
+        converted_from=found.converted_from,  # the entry's own folder (an adapter's: never)
         alias_of=entry.id if model_id != entry.id else None,
         distributed=entry.options.distributed is not None,
     )

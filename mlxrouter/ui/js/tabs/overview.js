@@ -237,7 +237,6 @@ function stateClass(entry) {
   return entry.in_flight > 0 ? "is-serving" : "is-ready";
 }
 
-// A colour per model id that stays while other entries come and go.
 // A colour class per id: each id keeps its own (from a hash of it) across refreshes unless
 // another loaded id has it, then the next free one, so no two segments of the bar look alike
 // (up to the six colours there are).
@@ -245,12 +244,14 @@ const HUES = 6;
 
 function hues(ids) {
   const taken = new Map();
+  const used = new Set();
   for (const id of [...ids].sort()) {
     let sum = 0;
     for (const char of id) sum = (sum * 31 + char.codePointAt(0)) % 9973;
     let index = sum % HUES;
-    for (let tries = 0; tries < HUES && [...taken.values()].includes(index); tries += 1) index = (index + 1) % HUES;
+    for (let tries = 1; tries < HUES && used.has(index); tries += 1) index = (index + 1) % HUES;
     taken.set(id, index);
+    used.add(index);
   }
   return (id) => `hue-${taken.get(id) ?? 0}`;
 }
