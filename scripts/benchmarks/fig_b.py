@@ -22,8 +22,12 @@ TARGET = "≤ 1.05x one model's, below mlx_lm.server's"
 BOUND = 1.05
 
 
+def _ttfts(timed: list[Timed]) -> list[float]:
+    return [t.ttft if t.ttft is not None else t.seconds for t in timed]
+
+
 def ttft(timed: list[Timed]) -> float:
-    return median([t.ttft if t.ttft is not None else t.seconds for t in timed])
+    return median(_ttfts(timed))
 
 
 def _sequence(
@@ -153,10 +157,6 @@ def switch_cause(bench: Bench, fig: Figure, runs: dict[str, dict[str, list[Timed
                 f"token in {fmt_s(theirs)}, no later than mlxrouter's {fmt_s(ours)}: a reload "
                 "cost less than the request here."
             )
-
-
-def _ttfts(timed: list[Timed]) -> list[float]:
-    return [t.ttft if t.ttft is not None else t.seconds for t in timed]
 
 
 def measure(bench: Bench, fig: Figure) -> None:
